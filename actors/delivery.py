@@ -1,0 +1,88 @@
+"""Thin actors: claim a notification, deliver it through its channel's provider, record the outcome."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import dramatiq
+
+import settings
+from actors.providers import DeliveryError, Envelope, PermanentDeliveryError, provider_for
+from storage import db
+from storage import notifications as store
+
+logger = logging.getLogger(__name__)
+
+_RETRY_OPTIONS: dict[str, Any] = {
+    "max_retries": settings.MAX_RETRY_ATTEMPTS,
+    "min_backoff": max(1, int(settings.RETRY_DELAY * 1000)),
+    "max_backoff": max(1, int(settings.RETRY_MAX_DELAY * 1000)),
+    "throws": (PermanentDeliveryError,),
+}
+
+
+@dramatiq.actor(queue_name="push", **_RETRY_OPTIONS)
+def deliver_push(notification_id: str, seq: int) -> None:
+    deliver(notification_id, seq)
+
+
+@dramatiq.actor(queue_name="email", **_RETRY_OPTIONS)
+def deliver_email(notification_id: str, seq: int) -> None:
+    deliver(notification_id, seq)
+
+
+ACTORS: dict[str, dramatiq.Actor] = {"push": deliver_push, "email": deliver_email}
+
+
+def envelope_of(notification: store.Notification) -> Envelope:
+    return Envelope(
+        notification_id=str(notification.id),
+        channel=notification.channel,
+        recipient_id=notification.recipient_id,
+        content=notification.content,
+        subject=notification.subject,
+        title=notification.title,
+        data=notification.data,
+    )
+
+
+def deliver(notification_id: str, seq: int) -> None:
+    """Deliver once, for the message ``seq`` only; any other message for the row does nothing."""
+    host = settings.HOSTNAME
+    with db.connection_context():
+        notification = store.claim(notification_id, seq, host=host, lease=settings.PROCESSING_LEASE)
+        if notification is None:
+            logger.info("Skipped %s: message %d is no longer current", notification_id, seq)
+            return
+        attempt = notification.attempt_count - notification.attempts_at_force
+        if attempt > settings.MAX_RETRY_ATTEMPTS + 1:
+            # Only reachable when workers kept dying mid-delivery: stop before trying yet again.
+            store.mark_failed(notification_id, seq, host=host, error="gave up: workers stopped mid-delivery")
+            return
+        provider = provider_for(notification.channel)
+        try:
+            provider.deliver(envelope_of(notification))
+        except Exception as exc:
+            _record_failure(notification_id, seq, attempt, exc)
+            raise
+        store.mark_delivered(notification_id, seq, host=host)
+        logger.info("Delivered %s via %s on attempt %d", notification_id, provider.name, attempt)
+
+
+def _record_failure(notification_id: str, seq: int, attempt: int, exc: Exception) -> None:
+    host = settings.HOSTNAME
+    transient = not isinstance(exc, DeliveryError) or exc.transient
+    reason = exc.reason if isinstance(exc, DeliveryError) else f"{type(exc).__name__}: {exc}"
+    if transient and attempt <= settings.MAX_RETRY_ATTEMPTS:
+        retry_after = exc.retry_after if isinstance(exc, DeliveryError) else None
+        # The retry message must arrive within this lease, else the scheduler sends another.
+        lease = max(settings.RETRY_MAX_DELAY, retry_after or 0) + settings.PROCESSING_LEASE
+        store.release_for_retry(notification_id, seq, host=host, error=reason, lease=lease)
+        logger.warning("Attempt %d for %s failed, will retry: %s", attempt, notification_id, reason)
+        if retry_after is not None:
+            delay = min(retry_after, settings.RETRY_MAX_DELAY)
+            raise dramatiq.Retry(reason, delay=int(delay * 1000)) from exc
+        return
+    store.mark_failed(notification_id, seq, host=host, error=reason)
+    logger.error("Failed %s after %d attempts: %s", notification_id, attempt, reason)

@@ -1,0 +1,160 @@
+"""Email over SMTP: plain, STARTTLS or implicit TLS, one short connection per message."""
+
+from __future__ import annotations
+
+import logging
+import re
+import smtplib
+import socket
+import ssl
+from email.message import EmailMessage
+from email.utils import formatdate, getaddresses, parseaddr
+from urllib.parse import quote, unquote, urlsplit
+
+from actors.providers import Envelope, PermanentDeliveryError, TransientDeliveryError
+
+logger = logging.getLogger(__name__)
+
+_DEFAULT_PORTS = {"smtp": 25, "smtp+starttls": 587, "smtps": 465}
+# C0, DEL, C1 and the Unicode line/paragraph separators: anything a header could be split on.
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+
+
+def _one_line(text: str) -> str:
+    """Fold control characters to single spaces so a value can never start a header of its own."""
+    return _CONTROL_CHARS.sub(" ", text).strip()
+
+
+def message_id_for(notification_id: str, sender: str) -> str:
+    """The Message-ID a notification always gets, so a resent copy can be recognised as the same."""
+    domain = parseaddr(sender)[1].rpartition("@")[2] or "localhost"
+    # Percent-encoding keeps the left part a dot-atom and two different ids distinct.
+    return f"<{quote(notification_id, safe='.-_~')}@{_one_line(domain)}>"
+
+
+def recipient_address(envelope: Envelope) -> str:
+    """The one address an envelope goes to; PermanentDeliveryError if it is not exactly one."""
+    recipient = envelope.recipient_id.strip()
+    addresses = getaddresses([recipient]) if not _CONTROL_CHARS.search(recipient) else []
+    if len(addresses) != 1 or not addresses[0][1]:
+        raise PermanentDeliveryError(f"invalid email recipient {envelope.recipient_id!r}")
+    return addresses[0][1]
+
+
+def build_message(envelope: Envelope, sender: str) -> EmailMessage:
+    """The email for an envelope; raises PermanentDeliveryError for a recipient no server could take."""
+    recipient_address(envelope)
+    message = EmailMessage()
+    message["From"] = _one_line(sender)
+    message["To"] = envelope.recipient_id.strip()
+    message["Subject"] = _one_line(envelope.subject or "") or "Notification"
+    message["Date"] = formatdate(usegmt=True)
+    message["Message-ID"] = message_id_for(envelope.notification_id, sender)
+    message.set_content(envelope.content)
+    return message
+
+
+class SmtpProvider:
+    """Sends through an SMTP relay named by ``smtp://``, ``smtp+starttls://`` or ``smtps://`` URL."""
+
+    name = "smtp"
+
+    def __init__(
+        self, url: str, sender: str, timeout: float, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in _DEFAULT_PORTS:
+            raise ValueError(f"SMTP URL must start with smtp://, smtp+starttls:// or smtps://, got {url!r}")
+        if not parts.hostname:
+            raise ValueError(f"SMTP URL has no host: {url!r}")
+        self.scheme = parts.scheme
+        self.host = parts.hostname
+        self.port = parts.port or _DEFAULT_PORTS[parts.scheme]
+        self.username = unquote(parts.username) if parts.username else None
+        self.password = unquote(parts.password) if parts.password else ""
+        self.sender = sender
+        self.envelope_sender = parseaddr(sender)[1] or sender
+        self.timeout = timeout
+        self.ssl_context = ssl_context
+        if self.ssl_context is None and self.scheme != "smtp":
+            self.ssl_context = ssl.create_default_context()
+        # smtplib would otherwise resolve our FQDN again for every connection's EHLO.
+        self._local_hostname = socket.getfqdn()
+
+    def __repr__(self) -> str:
+        return f"SmtpProvider({self.scheme}://{self.host}:{self.port})"
+
+    def deliver(self, envelope: Envelope) -> None:
+        """Send one email; SMTP 4xx and network trouble are transient, 5xx permanent."""
+        message = build_message(envelope, self.sender)
+        recipient = recipient_address(envelope)
+        try:
+            self._send(message, recipient)
+        except smtplib.SMTPRecipientsRefused as exc:
+            # Not an SMTPResponseException: the codes are per recipient, and we send to exactly one.
+            code, text = next(iter(exc.recipients.values()), (-1, b"recipient refused"))
+            raise _by_code(code, text) from exc
+        except smtplib.SMTPResponseException as exc:
+            raise _by_code(exc.smtp_code, exc.smtp_error) from exc
+        except (smtplib.SMTPException, OSError) as exc:
+            # Disconnects, timeouts, refused connections, TLS failures, a server lacking STARTTLS/AUTH:
+            # all may pass once the network or the relay's configuration is fixed.
+            raise TransientDeliveryError(f"SMTP {self.host}:{self.port}: {exc!r}") from exc
+        logger.debug("Delivered %s to %s via %r", envelope.notification_id, recipient, self)
+
+    def _send(self, message: EmailMessage, recipient: str) -> None:
+        smtp = self._connect()
+        try:
+            if self.username is not None:
+                smtp.login(self.username, self.password)
+            smtp.send_message(message, from_addr=self.envelope_sender, to_addrs=[recipient])
+        except (smtplib.SMTPResponseException, smtplib.SMTPRecipientsRefused):
+            # The conversation is intact, so say goodbye properly.
+            _quit_quietly(smtp)
+            raise
+        except BaseException:
+            # The connection's state is unknown (timeout, reset): a QUIT could wait out another timeout.
+            smtp.close()
+            raise
+        # Delivery is decided once the server accepted DATA; trouble saying goodbye must not undo that.
+        _quit_quietly(smtp)
+
+    def _connect(self) -> smtplib.SMTP:
+        # Given a host, the constructor connects and reads the greeting, closing the socket if either fails.
+        smtp: smtplib.SMTP
+        if self.scheme == "smtps":
+            smtp = smtplib.SMTP_SSL(
+                self.host,
+                self.port,
+                local_hostname=self._local_hostname,
+                timeout=self.timeout,
+                context=self.ssl_context,
+            )
+        else:
+            smtp = smtplib.SMTP(self.host, self.port, local_hostname=self._local_hostname, timeout=self.timeout)
+        if self.scheme == "smtp+starttls":
+            try:
+                smtp.starttls(context=self.ssl_context)
+            except BaseException:
+                smtp.close()
+                raise
+        return smtp
+
+
+def _quit_quietly(smtp: smtplib.SMTP) -> None:
+    try:
+        smtp.quit()
+    except (smtplib.SMTPException, OSError):
+        pass
+    finally:
+        smtp.close()
+
+
+def _by_code(code: int, text: bytes | str) -> TransientDeliveryError | PermanentDeliveryError:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    reason = f"SMTP {code} {_one_line(text)}"
+    if 500 <= code <= 599:
+        return PermanentDeliveryError(reason)
+    # 4xx by definition; anything stranger (a -1 from smtplib, a 3xx where 2xx was due) is not a verdict.
+    return TransientDeliveryError(reason)

@@ -1,0 +1,98 @@
+"""The scheduler: hands notifications to the broker as they come within the schedule horizon.
+
+The database is the schedule. Only rows due within ``SCHEDULE_HORIZON`` seconds are published,
+with Dramatiq's ETA for the seconds that remain, so a notification due next week costs the broker
+and the workers nothing until then. The same pass re-dispatches rows whose message was lost or
+whose worker died mid-delivery. Any number of schedulers may run at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+
+import dramatiq
+import peewee
+
+import settings
+from actors.delivery import ACTORS
+from actors.dispatch import publish, register_wake_event
+from storage import db, events
+from storage import notifications as store
+
+logger = logging.getLogger(__name__)
+
+
+def dispatch_due(channels: Iterable[str] | None = None, *, limit: int | None = None) -> int:
+    """Publish one batch of due rows; return how many were published."""
+    with db.connection_context(), db.atomic():
+        taken = store.take_due(
+            horizon=settings.SCHEDULE_HORIZON,
+            lease=settings.DISPATCH_LEASE,
+            limit=limit or settings.DISPATCH_BATCH_SIZE,
+            channels=channels,
+        )
+        # Publishing inside the transaction: a failed publish rolls the batch back for the next pass.
+        for dispatch in taken:
+            publish(dispatch)
+        events.record_many((d.notification_id for d in taken), "queued", settings.HOSTNAME)
+    if taken:
+        logger.debug("Dispatched %d notifications", len(taken))
+    return len(taken)
+
+
+class Scheduler:
+    """A loop that runs ``dispatch_due`` in a thread until stopped."""
+
+    def __init__(self, channels: Iterable[str] | None = None, interval: float | None = None) -> None:
+        self.channels = sorted(channels) if channels is not None else None
+        self.interval = interval or settings.SCHEDULER_INTERVAL
+        self.wake = threading.Event()
+        register_wake_event(self.wake)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Scheduler:
+        self._thread = threading.Thread(target=self.run, name="scheduler", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10) -> None:
+        self._stop.set()
+        self.wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def run(self) -> None:
+        logger.info("Scheduler started for %s", ", ".join(self.channels or ACTORS))
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                full = dispatch_due(self.channels) >= settings.DISPATCH_BATCH_SIZE
+                failures = 0
+            except (peewee.DatabaseError, dramatiq.errors.BrokerError, OSError) as exc:
+                # The database or broker is away: wait and try again; nothing was taken.
+                failures += 1
+                full = False
+                logger.warning("Scheduler pass failed (%s); retrying", exc)
+            if full:
+                continue
+            self.wake.wait(min(self.interval * 2**failures, 30))
+            self.wake.clear()
+        logger.info("Scheduler stopped")
+
+
+class SchedulerMiddleware(dramatiq.Middleware):
+    """Runs a scheduler beside each worker process, for the channels that worker consumes."""
+
+    def __init__(self) -> None:
+        self.scheduler: Scheduler | None = None
+
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        queues = worker.consumer_whitelist or set(ACTORS)
+        self.scheduler = Scheduler(sorted(q for q in queues if q in ACTORS)).start()
+
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        if self.scheduler is not None:
+            self.scheduler.stop()

@@ -1,0 +1,136 @@
+"""The notifications resource: schedule, read, list, force and cancel."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from flask.views import MethodView
+from flask_smorest import Blueprint, abort
+
+import settings
+from actors import dispatch
+from api.scheduling import plan_delivery
+from api.schemas import (
+    AcceptedResponse,
+    ActionResponse,
+    EmailRequest,
+    ListArgs,
+    NotificationList,
+    NotificationSchema,
+    PushRequest,
+)
+from storage import notifications as store
+from storage.clock import to_db
+
+blp = Blueprint(
+    "notifications", __name__, url_prefix="/notifications", description="Push and email notifications"
+)
+
+
+def _accept(channel: str, fields: dict[str, Any]) -> dict[str, Any]:
+    zone = fields.pop("timezone")
+    plan = plan_delivery(
+        fields.pop("scheduled_time"),
+        zone,
+        now=dt.datetime.now(dt.UTC),
+        start=settings.APPROPRIATE_HOURS_START,
+        end=settings.APPROPRIATE_HOURS_END,
+    )
+    notification = store.create(
+        host=settings.HOSTNAME,
+        channel=channel,
+        timezone=zone.key,
+        scheduled_time=to_db(plan.scheduled_time),
+        appropriate_delivery=plan.appropriate_delivery,
+        due_at=to_db(plan.due_at),
+        **fields,
+    )
+    dispatch.wake_schedulers()
+    return {
+        "status": "success",
+        "notification_id": notification.id,
+        "message": f"{channel.capitalize()} notification scheduled",
+    }
+
+
+def _found(action, notification_id, **kwargs):
+    """Run a storage transition, translating its domain errors to HTTP once."""
+    try:
+        return action(notification_id, **kwargs)
+    except store.NotificationNotFound:
+        abort(404, message=f"Notification {notification_id} not found.")
+    except store.TransitionConflict as exc:
+        abort(409, message=str(exc))
+
+
+@blp.route("/push")
+class PushNotifications(MethodView):
+    @blp.arguments(PushRequest)
+    @blp.response(202, AcceptedResponse)
+    def post(self, fields):
+        """Schedule a push notification"""
+        return _accept("push", fields)
+
+
+@blp.route("/email")
+class EmailNotifications(MethodView):
+    @blp.arguments(EmailRequest)
+    @blp.response(202, AcceptedResponse)
+    def post(self, fields):
+        """Schedule an email notification"""
+        return _accept("email", fields)
+
+
+@blp.route("")
+class Notifications(MethodView):
+    @blp.arguments(ListArgs, location="query")
+    @blp.response(200, NotificationList)
+    def get(self, args):
+        """List notifications, newest first"""
+        limit, offset = args.pop("limit"), args.pop("offset")
+        query = store.listing(**args)
+        return {"count": query.count(), "notifications": list(query.limit(limit).offset(offset))}
+
+
+@blp.route("/<uuid:notification_id>")
+class NotificationById(MethodView):
+    @blp.response(200, NotificationSchema)
+    def get(self, notification_id):
+        """Get one notification and its status"""
+        return _found(store.get, notification_id)
+
+
+@blp.route("/<uuid:notification_id>/force")
+class ForceNotification(MethodView):
+    @blp.response(200, ActionResponse)
+    def post(self, notification_id):
+        """Deliver now, ignoring schedule and appropriate hours"""
+        notification = _found(
+            store.force, notification_id, host=settings.HOSTNAME, lease=settings.DISPATCH_LEASE
+        )
+        task_id = dispatch.send_now(notification)
+        return {
+            "status": "success",
+            "message": "Notification delivery forced",
+            "notification_id": notification_id,
+            "task_id": task_id,
+        }
+
+
+@blp.route("/<uuid:notification_id>/cancel")
+class CancelNotification(MethodView):
+    @blp.response(200, ActionResponse)
+    def post(self, notification_id):
+        """Cancel a notification before delivery"""
+        notification = _found(store.cancel, notification_id, host=settings.HOSTNAME)
+        # The message already queued for it, if any: it will now do nothing when it comes.
+        dispatched = notification.dispatch_seq > 0
+        return {
+            "status": "success",
+            "message": "Notification cancelled",
+            "notification_id": notification_id,
+            "task_id": store.message_id_for(notification_id, notification.dispatch_seq)
+            if dispatched
+            else None,
+        }

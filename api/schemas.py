@@ -1,0 +1,154 @@
+"""Request and response schemas of the notifications resource."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from zoneinfo import ZoneInfo, available_timezones
+
+from marshmallow import Schema, ValidationError, fields, post_load, validate, validates
+
+import settings
+from storage.clock import from_db
+from storage.notifications import CHANNELS, STATUSES, Notification
+
+MAX_CONTENT = 10_000
+# Far enough for any real schedule, near enough that date arithmetic cannot overflow.
+MAX_SCHEDULE_AHEAD = dt.timedelta(days=3660)
+
+
+@functools.cache
+def _zones() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
+class TimezoneField(fields.String):
+    """An IANA timezone name, loaded as a ``ZoneInfo``."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        name = super()._deserialize(value, attr, data, **kwargs)
+        if name not in _zones():
+            raise ValidationError(f"Unknown IANA timezone: {name!r}.")
+        return ZoneInfo(name)
+
+
+class NotificationRequest(Schema):
+    recipient_id = fields.String(required=True, validate=validate.Length(min=1, max=255))
+    content = fields.String(required=True, validate=validate.Length(min=1, max=MAX_CONTENT))
+    timezone = TimezoneField(load_default=lambda: ZoneInfo(settings.DEFAULT_TIMEZONE))
+    scheduled_time = fields.DateTime(
+        load_default=None,
+        metadata={"description": "ISO 8601; without an offset, a wall-clock time in `timezone`"},
+    )
+
+    @validates("recipient_id")
+    def _not_blank(self, value: str, **_kwargs) -> None:
+        if not value.strip():
+            raise ValidationError("Must not be blank.")
+
+    @validates("scheduled_time")
+    def _not_too_far(self, value: dt.datetime | None, **_kwargs) -> None:
+        if value is None:
+            return
+        if value.year < 1970:
+            raise ValidationError("Must not be before 1970.")
+        aware = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+        if aware - dt.datetime.now(dt.UTC) > MAX_SCHEDULE_AHEAD:
+            raise ValidationError("Must be within ten years from now.")
+
+
+class PushRequest(NotificationRequest):
+    title = fields.String(validate=validate.Length(max=255), load_default=None)
+    data = fields.Dict(keys=fields.String(), load_default=None)
+
+
+class EmailRequest(NotificationRequest):
+    recipient_id = fields.Email(
+        required=True,
+        validate=validate.Length(min=3, max=254),
+        metadata={"description": "The recipient's email address"},
+    )
+    subject = fields.String(validate=validate.Length(max=255), load_default=None)
+
+    @post_load
+    def _fold_subject(self, data: dict, **_kwargs) -> dict:
+        # A subject is one header line: line breaks would let a client add headers of its own.
+        if data.get("subject"):
+            data["subject"] = " ".join(data["subject"].split())
+        return data
+
+
+class AcceptedResponse(Schema):
+    status = fields.String()
+    notification_id = fields.UUID()
+    message = fields.String()
+
+
+class ActionResponse(AcceptedResponse):
+    task_id = fields.String(allow_none=True, metadata={"description": "id of the Dramatiq message"})
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _utc(column: str) -> fields.Function:
+    """A stored UTC column, as ISO 8601 with ``+00:00``."""
+    return fields.Function(
+        lambda n: _iso(from_db(getattr(n, column))), metadata={"type": "string", "format": "date-time"}
+    )
+
+
+def _local(column: str) -> fields.Function:
+    """A stored UTC column, as ISO 8601 in the recipient's timezone."""
+
+    def present(notification: Notification) -> str | None:
+        value = from_db(getattr(notification, column))
+        return _iso(value and value.astimezone(ZoneInfo(notification.timezone)))
+
+    return fields.Function(present, metadata={"type": "string", "format": "date-time"})
+
+
+class NotificationSchema(Schema):
+    id = fields.UUID()
+    recipient_id = fields.String()
+    content = fields.String()
+    channel = fields.String(metadata={"enum": list(CHANNELS)})
+    status = fields.String(metadata={"enum": list(STATUSES)})
+    created_at = _utc("created_at")
+    updated_at = _utc("updated_at")
+    scheduled_time = _utc("scheduled_time")
+    timezone = fields.String()
+    local_scheduled_time = _local("scheduled_time")
+    appropriate_delivery = fields.Boolean()
+    estimated_delivery_time = _local("due_at")
+    delivered_at = _utc("delivered_at")
+    attempt_count = fields.Integer()
+    last_error = fields.String(allow_none=True)
+    forced = fields.Boolean()
+    subject = fields.String(allow_none=True)
+    title = fields.String(allow_none=True)
+    data = fields.Dict(allow_none=True)
+
+
+class NotificationList(Schema):
+    count = fields.Integer(metadata={"description": "how many notifications match the filters"})
+    notifications = fields.List(fields.Nested(NotificationSchema))
+
+
+class ListArgs(Schema):
+    status = fields.String(metadata={"enum": list(STATUSES), "description": "case-insensitive"})
+    channel = fields.String(validate=validate.OneOf(CHANNELS))
+    recipient_id = fields.String(validate=validate.Length(max=320))
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=1000))
+    offset = fields.Integer(load_default=0, validate=validate.Range(min=0, max=10_000_000))
+
+    @post_load
+    def _normalise_status(self, data: dict, **_kwargs) -> dict:
+        if "status" in data:
+            by_lower = {s.lower(): s for s in STATUSES}
+            status = by_lower.get(data["status"].lower())
+            if status is None:
+                raise ValidationError({"status": [f"Must be one of: {', '.join(STATUSES)}."]})
+            data["status"] = status
+        return data

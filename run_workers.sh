@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Start Dramatiq workers: `./run_workers.sh` for both channels, `./run_workers.sh push` or
+# `./run_workers.sh email` for one. Each channel's worker also runs a scheduler for that channel.
+# Processes and threads come from WORKER_PROCESSES / WORKER_THREADS; SIGTERM finishes the work in
+# flight and stops. A worker that exits because the broker is unreachable at start-up is restarted
+# with backoff.
+set -u
+cd "$(dirname "$0")"
+
+channels=("$@")
+[ ${#channels[@]} -eq 0 ] && channels=(push email)
+for channel in "${channels[@]}"; do
+  case "$channel" in
+    push | email) ;;
+    *) echo "usage: $0 [push] [email]" >&2; exit 2 ;;
+  esac
+done
+
+# Validate the configuration once, with a message naming a bad variable.
+python -c "import settings" || exit 2
+
+RET_CONNECT=3  # dramatiq's exit code when it cannot connect to the broker
+stopping=0
+pids=()
+
+metrics_port() {
+  if [ "$1" = push ]; then echo "${PUSH_METRICS_PORT:-5001}"; else echo "${EMAIL_METRICS_PORT:-5002}"; fi
+}
+
+supervise() {
+  local channel=$1 delay=1 child code
+  trap 'kill -TERM "$child" 2>/dev/null; wait "$child"; exit 0' TERM INT
+  while :; do
+    dramatiq_prom_port=$(metrics_port "$channel") dramatiq actors.worker \
+      --queues "$channel" \
+      --processes "${WORKER_PROCESSES:-1}" \
+      --threads "${WORKER_THREADS:-8}" &
+    child=$!
+    wait "$child"
+    code=$?
+    if [ "$code" -ne "$RET_CONNECT" ]; then
+      exit "$code"
+    fi
+    echo "run_workers: $channel worker could not reach the broker; restarting in ${delay}s" >&2
+    sleep "$delay" & wait $!
+    delay=$((delay < 30 ? delay * 2 : 60))
+  done
+}
+
+for channel in "${channels[@]}"; do
+  supervise "$channel" &
+  pids+=($!)
+done
+
+shutdown() {
+  stopping=1
+  kill -TERM "${pids[@]}" 2>/dev/null
+}
+trap shutdown TERM INT
+
+# Stop everything as soon as one channel's worker stops for good.
+status=0
+while [ ${#pids[@]} -gt 0 ]; do
+  wait -n "${pids[@]}"
+  code=$?
+  alive=()
+  for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive+=("$pid"); done
+  pids=("${alive[@]}")
+  if [ "$stopping" -eq 0 ] && [ ${#pids[@]} -gt 0 ]; then
+    status=$code
+    shutdown
+  fi
+done
+exit "$status"

@@ -1,0 +1,113 @@
+"""Typed configuration, read once from the environment; the only module that reads os.environ."""
+
+from __future__ import annotations
+
+import os
+import socket
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+
+class SettingsError(ValueError):
+    """A variable holds a value the service cannot start with."""
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+def _int(name: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    raw = _env(name, str(default))
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise SettingsError(f"{name} must be between {minimum} and {maximum}, got {value}")
+    return value
+
+
+def _float(name: str, default: float, *, minimum: float = 0.0) -> float:
+    raw = _env(name, str(default))
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if not value >= minimum:  # also rejects NaN
+        raise SettingsError(f"{name} must be at least {minimum}, got {raw!r}")
+    return value
+
+
+def _bool(name: str, default: bool) -> bool:
+    raw = _env(name, "true" if default else "false").lower()
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name} must be true or false, got {raw!r}")
+
+
+def _url(name: str, default: str, schemes: tuple[str, ...], *, fallback: str | None = None) -> str:
+    value = _env(name, "") or (_env(fallback, "") if fallback else "") or default
+    if value and value.split(":", 1)[0] not in schemes:
+        raise SettingsError(
+            f"{name} must start with one of {', '.join(s + '://' for s in schemes)}, got {value!r}"
+        )
+    return value
+
+
+DATABASE_URL: str = _url(
+    "DATABASE_URL", "sqlite:///var/notifications.db", ("sqlite", "postgres", "postgresql")
+)
+# Empty means the embedded, in-process broker. PaaS add-ons publish the URL as CLOUDAMQP_URL.
+BROKER_URL: str = _url("BROKER_URL", "", ("amqp", "amqps", "redis", "rediss"), fallback="CLOUDAMQP_URL")
+
+MAX_RETRY_ATTEMPTS: int = _int("MAX_RETRY_ATTEMPTS", 5, minimum=0, maximum=100)
+RETRY_DELAY: float = _float("RETRY_DELAY", 1.0)
+RETRY_MAX_DELAY: float = _float("RETRY_MAX_DELAY", 300.0)
+
+APPROPRIATE_HOURS_START: int = _int("APPROPRIATE_HOURS_START", 8, minimum=0, maximum=23)
+APPROPRIATE_HOURS_END: int = _int("APPROPRIATE_HOURS_END", 22, minimum=1, maximum=24)
+if APPROPRIATE_HOURS_START >= APPROPRIATE_HOURS_END:
+    raise SettingsError("APPROPRIATE_HOURS_START must be earlier than APPROPRIATE_HOURS_END")
+
+# The database is the schedule: only rows due within this many seconds are handed to the broker.
+SCHEDULE_HORIZON: float = _float("SCHEDULE_HORIZON", 60.0, minimum=1.0)
+SCHEDULER_INTERVAL: float = _float("SCHEDULER_INTERVAL", 1.0, minimum=0.01)
+DISPATCH_BATCH_SIZE: int = _int("DISPATCH_BATCH_SIZE", 500, minimum=1, maximum=10000)
+# A queued message that has not been claimed this long after its due time is presumed lost.
+DISPATCH_LEASE: float = _float("DISPATCH_LEASE", 600.0, minimum=1.0)
+# A claimed row whose worker has not finished within this many seconds is presumed dead.
+PROCESSING_LEASE: float = _float("PROCESSING_LEASE", 120.0, minimum=1.0)
+PUBLISH_CONFIRMS: bool = _bool("PUBLISH_CONFIRMS", True)
+
+DEFAULT_TIMEZONE: str = _env("DEFAULT_TIMEZONE", "UTC")
+try:
+    ZoneInfo(DEFAULT_TIMEZONE)
+except (ZoneInfoNotFoundError, ValueError):
+    raise SettingsError(f"DEFAULT_TIMEZONE is not an IANA timezone: {DEFAULT_TIMEZONE!r}") from None
+
+# Delivery providers; the outbox under OUTBOX_DIR is used for a channel whose URL is unset.
+SMTP_URL: str = _url("SMTP_URL", "", ("smtp", "smtp+starttls", "smtps"))
+EMAIL_FROM: str = _env("EMAIL_FROM", "notifications@localhost")
+SMTP_TIMEOUT: float = _float("SMTP_TIMEOUT", 30.0, minimum=0.1)
+PUSH_WEBHOOK_URL: str = _url("PUSH_WEBHOOK_URL", "", ("http", "https"))
+PUSH_TIMEOUT: float = _float("PUSH_TIMEOUT", 10.0, minimum=0.1)
+OUTBOX_DIR: str = _env("OUTBOX_DIR", "var/outbox")
+
+PORT: int = _int("PORT", 5000, minimum=1, maximum=65535)
+WEB_CONCURRENCY: int = _int("WEB_CONCURRENCY", 2, minimum=1, maximum=64)
+WEB_THREADS: int = _int("WEB_THREADS", 8, minimum=1, maximum=256)
+WORKER_PROCESSES: int = _int("WORKER_PROCESSES", 1, minimum=1, maximum=64)
+WORKER_THREADS: int = _int("WORKER_THREADS", 8, minimum=1, maximum=256)
+
+METRICS_ENABLED: bool = _bool("METRICS_ENABLED", True)
+PUSH_METRICS_PORT: int = _int("PUSH_METRICS_PORT", 5001, minimum=1, maximum=65535)
+EMAIL_METRICS_PORT: int = _int("EMAIL_METRICS_PORT", 5002, minimum=1, maximum=65535)
+
+LOG_LEVEL: str = _env("LOG_LEVEL", "INFO").upper()
+if LOG_LEVEL not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+    raise SettingsError(f"LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {LOG_LEVEL!r}")
+
+# Recorded on events and used to group metrics by the host that handled a notification.
+HOSTNAME: str = _env("HOSTNAME", socket.gethostname())

@@ -1,0 +1,84 @@
+"""The one Database object, the BaseModel, connection hooks for Flask and schema setup."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import peewee
+from playhouse.pool import PooledPostgresqlDatabase
+
+logger = logging.getLogger(__name__)
+
+db = peewee.DatabaseProxy()
+
+
+class BaseModel(peewee.Model):
+    class Meta:
+        database = db
+        legacy_table_names = False
+
+
+def database_for(url: str) -> peewee.Database:
+    """Build the database an URL names: ``sqlite:///path`` or ``postgresql://user@host:port/name``."""
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        path = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path) or ":memory:"
+        if path != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        # WAL lets the API read while a worker writes; busy_timeout makes writers queue, not fail.
+        return peewee.SqliteDatabase(
+            path,
+            pragmas={"busy_timeout": 30000, "journal_mode": "wal", "synchronous": "normal"},
+            returning_clause=True,
+            timeout=30,
+        )
+    if parts.scheme in ("postgres", "postgresql"):
+        options: dict[str, Any] = dict(parse_qsl(parts.query))
+        return PooledPostgresqlDatabase(
+            unquote(parts.path.lstrip("/")),
+            user=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            host=parts.hostname,
+            port=parts.port,
+            max_connections=int(options.pop("max_connections", 32)),
+            stale_timeout=300,
+            timeout=10,
+            connect_timeout=int(options.pop("connect_timeout", 5)),
+            **options,
+        )
+    raise ValueError(f"unsupported database URL: {url!r}")
+
+
+def configure(url: str) -> peewee.Database:
+    """Point the shared ``db`` at the database ``url`` names and make sure its schema is current."""
+    if isinstance(db.obj, peewee.Database) and not db.obj.is_closed():
+        db.obj.close()
+    database = database_for(url)
+    db.initialize(database)
+    from storage import schema
+
+    schema.migrate(database)
+    return database
+
+
+def is_postgres() -> bool:
+    return isinstance(db.obj, peewee.PostgresqlDatabase)
+
+
+def ping() -> None:
+    """Raise ``peewee.DatabaseError`` (or ``OperationalError``) when the database cannot answer."""
+    with db.connection_context():
+        db.execute_sql("SELECT 1")
+
+
+def init_app(app: Any) -> None:
+    """Configure the database; a request opens a connection on first use and hands it back at its end."""
+    configure(app.config["DATABASE_URL"])
+
+    @app.teardown_request
+    def _close(_exc: BaseException | None) -> None:
+        if not db.is_closed():
+            db.close()

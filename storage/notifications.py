@@ -1,0 +1,313 @@
+"""The Notification model, its state transitions as conditional UPDATEs, and the queries on it.
+
+Every transition is one statement whose WHERE clause holds the precondition, so that of two racing
+processes (a worker claiming, a client cancelling) exactly one wins, without a read-then-write.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import peewee
+
+from storage import BaseModel, db, events, is_postgres
+from storage.clock import utcnow
+
+PENDING, PROCESSING, DELIVERED, FAILED, CANCELLED = (
+    "Pending",
+    "Processing",
+    "Delivered",
+    "Failed",
+    "Cancelled",
+)
+STATUSES = (PENDING, PROCESSING, DELIVERED, FAILED, CANCELLED)
+CHANNELS = ("push", "email")
+
+
+class JSONField(peewee.TextField):
+    """A JSON document kept as text, so that SQLite and PostgreSQL store it alike."""
+
+    def db_value(self, value: Any) -> str | None:
+        import json
+
+        return None if value is None else json.dumps(value, separators=(",", ":"))
+
+    def python_value(self, value: Any) -> Any:
+        import json
+
+        return None if value is None else json.loads(value)
+
+
+class Notification(BaseModel):
+    id = peewee.UUIDField(primary_key=True, default=uuid.uuid4)
+    channel = peewee.CharField(max_length=8)
+    recipient_id = peewee.CharField(max_length=320)
+    content = peewee.TextField()
+    subject = peewee.CharField(max_length=998, null=True)
+    title = peewee.CharField(max_length=255, null=True)
+    data = JSONField(null=True)
+    timezone = peewee.CharField(max_length=64)
+    # The instant the client asked for, and the instant it is due (moved into appropriate hours).
+    scheduled_time = peewee.DateTimeField()
+    appropriate_delivery = peewee.BooleanField()
+    due_at = peewee.DateTimeField()
+    status = peewee.CharField(max_length=12, default=PENDING)
+    attempt_count = peewee.IntegerField(default=0)
+    # Attempts made before the last force; the retry budget starts again from there.
+    attempts_at_force = peewee.IntegerField(default=0)
+    forced = peewee.BooleanField(default=False)
+    last_error = peewee.TextField(null=True)
+    # Bumped each time a message is published for the row; only a message carrying the current
+    # value may claim it, which turns every older or duplicate message into a no-op.
+    dispatch_seq = peewee.IntegerField(default=0)
+    # Until when the queued message (Pending) or the claiming worker (Processing) owns the row.
+    lease_until = peewee.DateTimeField(null=True)
+    api_host = peewee.CharField(max_length=255)
+    worker_host = peewee.CharField(max_length=255, null=True)
+    created_at = peewee.DateTimeField()
+    updated_at = peewee.DateTimeField()
+    delivered_at = peewee.DateTimeField(null=True)
+
+    class Meta:
+        indexes = (
+            (("status", "due_at"), False),
+            (("created_at",), False),
+            (("recipient_id", "created_at"), False),
+            (("updated_at",), False),
+        )
+
+
+class NotificationNotFound(LookupError):
+    """No notification has that id."""
+
+
+class TransitionConflict(Exception):
+    """The notification's status does not allow the transition asked for."""
+
+    def __init__(self, action: str, status: str, allowed: Iterable[str]) -> None:
+        allowed_text = " or ".join(allowed)
+        super().__init__(f"Cannot {action} a notification that is {status}; only {allowed_text} ones can be.")
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """A row handed to the broker: publish ``deliver(notification_id, seq)`` due at ``due_at``."""
+
+    notification_id: str
+    channel: str
+    due_at: dt.datetime
+    seq: int
+
+    @property
+    def message_id(self) -> str:
+        return message_id_for(self.notification_id, self.seq)
+
+
+def message_id_for(notification_id: Any, seq: int) -> str:
+    """The id of the broker message for a dispatch; derived, so it need not be stored."""
+    return str(uuid.uuid5(uuid.UUID(str(notification_id)), str(seq)))
+
+
+def create(*, host: str, **fields: Any) -> Notification:
+    now = utcnow()
+    with db.atomic():
+        notification = Notification.create(api_host=host, created_at=now, updated_at=now, **fields)
+        events.record(notification.id, "created", host, at=now)
+    return notification
+
+
+def get(notification_id: Any) -> Notification:
+    try:
+        return Notification.get_by_id(notification_id)
+    except peewee.DoesNotExist:
+        raise NotificationNotFound(str(notification_id)) from None
+
+
+def listing(
+    *, status: str | None = None, channel: str | None = None, recipient_id: str | None = None
+) -> peewee.ModelSelect[Notification]:
+    """Notifications matching the filters, newest first."""
+    query = Notification.select().order_by(Notification.created_at.desc(), Notification.id.desc())
+    if status:
+        query = query.where(Notification.status == status)
+    if channel:
+        query = query.where(Notification.channel == channel)
+    if recipient_id:
+        query = query.where(Notification.recipient_id == recipient_id)
+    return query
+
+
+def _conflict_or_missing(notification_id: Any, action: str, allowed: Iterable[str]) -> TransitionConflict:
+    return TransitionConflict(action, get(notification_id).status, allowed)
+
+
+def cancel(notification_id: Any, *, host: str) -> Notification:
+    """Cancel a Pending notification; after this returns no message can claim it any more."""
+    now = utcnow()
+    with db.atomic():
+        rows = list(
+            Notification.update(status=CANCELLED, lease_until=None, updated_at=now)
+            .where((Notification.id == notification_id) & (Notification.status == PENDING))
+            .returning(Notification)
+            .execute()
+        )
+        if not rows:
+            raise _conflict_or_missing(notification_id, "cancel", [PENDING])
+        events.record(notification_id, "cancelled", host, at=now)
+    return rows[0]
+
+
+def force(notification_id: Any, *, host: str, lease: float) -> Notification:
+    """Make a Pending or Failed notification due now; the caller publishes its new dispatch."""
+    now = utcnow()
+    with db.atomic():
+        rows = list(
+            Notification.update(
+                status=PENDING,
+                due_at=now,
+                forced=True,
+                attempts_at_force=Notification.attempt_count,
+                dispatch_seq=Notification.dispatch_seq + 1,
+                lease_until=now + dt.timedelta(seconds=lease),
+                updated_at=now,
+            )
+            .where((Notification.id == notification_id) & Notification.status.in_([PENDING, FAILED]))
+            .returning(Notification)
+            .execute()
+        )
+        if not rows:
+            raise _conflict_or_missing(notification_id, "force", [PENDING, FAILED])
+        events.record(notification_id, "forced", host, at=now)
+    return rows[0]
+
+
+def release_dispatch(notification_id: Any, seq: int) -> None:
+    """Give a dispatch whose message never reached the broker back to the scheduler at once."""
+    Notification.update(lease_until=None).where(
+        (Notification.id == notification_id)
+        & (Notification.status == PENDING)
+        & (Notification.dispatch_seq == seq)
+    ).execute()
+
+
+def take_due(
+    *, horizon: float, lease: float, limit: int, channels: Iterable[str] | None = None
+) -> list[Dispatch]:
+    """Take up to ``limit`` rows due within ``horizon`` seconds whose dispatch is not owned by anyone.
+
+    Also takes back rows whose queued message or worker lease expired. Call inside a transaction
+    and publish before committing: if publishing fails the rows stay as they were, and if the
+    commit fails the published messages carry a stale ``dispatch_seq`` and do nothing.
+    """
+    now = utcnow()
+    unowned = Notification.lease_until.is_null() | (Notification.lease_until < now)
+    due = (Notification.status == PENDING) & (Notification.due_at <= now + dt.timedelta(seconds=horizon))
+    stalled = Notification.status == PROCESSING
+    candidates = (
+        Notification.select(Notification.id)
+        .where((due | stalled) & unowned)
+        .order_by(Notification.due_at)
+        .limit(limit)
+    )
+    if channels is not None:
+        candidates = candidates.where(Notification.channel.in_(list(channels)))
+    if is_postgres():
+        # Several schedulers may run at once; each takes rows the others have not locked.
+        candidates = candidates.for_update(skip_locked=True)
+    rows = (
+        Notification.update(
+            status=PENDING,
+            dispatch_seq=Notification.dispatch_seq + 1,
+            lease_until=now + dt.timedelta(seconds=horizon + lease),
+            updated_at=now,
+        )
+        .where(Notification.id.in_(candidates))
+        .returning(Notification.id, Notification.channel, Notification.due_at, Notification.dispatch_seq)
+        .execute()
+    )
+    return [Dispatch(str(r.id), r.channel, r.due_at, r.dispatch_seq) for r in rows]
+
+
+def claim(notification_id: Any, seq: int, *, host: str, lease: float) -> Notification | None:
+    """Move a Pending row to Processing for the message ``seq``; None when that message is stale."""
+    now = utcnow()
+    rows = list(
+        Notification.update(
+            status=PROCESSING,
+            attempt_count=Notification.attempt_count + 1,
+            lease_until=now + dt.timedelta(seconds=lease),
+            worker_host=host,
+            updated_at=now,
+        )
+        .where(
+            (Notification.id == notification_id)
+            & (Notification.status == PENDING)
+            & (Notification.dispatch_seq == seq)
+        )
+        .returning(Notification)
+        .execute()
+    )
+    if not rows:
+        return None
+    events.record(notification_id, "attempt", host, detail=f"attempt {rows[0].attempt_count}", at=now)
+    return rows[0]
+
+
+def _finish(notification_id: Any, seq: int, **changes: Any) -> bool:
+    return bool(
+        Notification.update(updated_at=utcnow(), **changes)
+        .where(
+            (Notification.id == notification_id)
+            & (Notification.status == PROCESSING)
+            & (Notification.dispatch_seq == seq)
+        )
+        .execute()
+    )
+
+
+def mark_delivered(notification_id: Any, seq: int, *, host: str) -> bool:
+    now = utcnow()
+    with db.atomic():
+        done = _finish(notification_id, seq, status=DELIVERED, delivered_at=now, lease_until=None)
+        if done:
+            events.record(notification_id, "delivered", host, at=now)
+    return done
+
+
+def mark_failed(notification_id: Any, seq: int, *, host: str, error: str) -> bool:
+    with db.atomic():
+        done = _finish(notification_id, seq, status=FAILED, last_error=error, lease_until=None)
+        if done:
+            events.record(notification_id, "failed", host, detail=error)
+    return done
+
+
+def release_for_retry(notification_id: Any, seq: int, *, host: str, error: str, lease: float) -> bool:
+    """Put a row back to Pending for the retry of message ``seq``, which must come within ``lease``."""
+    now = utcnow()
+    with db.atomic():
+        done = _finish(
+            notification_id,
+            seq,
+            status=PENDING,
+            last_error=error,
+            lease_until=now + dt.timedelta(seconds=lease),
+        )
+        if done:
+            events.record(notification_id, "retry", host, detail=error, at=now)
+    return done
+
+
+def release_all_dispatches() -> int:
+    """Forget every queued message of Pending rows, for a restart that lost its in-process broker."""
+    with db.connection_context():
+        return (
+            Notification.update(lease_until=None)
+            .where((Notification.status == PENDING) & Notification.lease_until.is_null(False))
+            .execute()
+        )

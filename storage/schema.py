@@ -1,0 +1,55 @@
+"""Schema creation and migrations, applied at start-up, safe when several processes start at once."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import peewee
+
+logger = logging.getLogger(__name__)
+
+# Any constant works; it only has to be the same in every process of this service.
+_MIGRATION_LOCK_KEY = 7_310_420_177
+
+
+class SchemaVersion(peewee.Model):
+    version = peewee.IntegerField(primary_key=True)
+
+    class Meta:
+        table_name = "schema_version"
+
+
+def _create_v1(database: peewee.Database) -> None:
+    from storage.events import NotificationEvent
+    from storage.notifications import Notification
+
+    database.create_tables([Notification, NotificationEvent], safe=True)
+
+
+# Append only: each entry brings the schema from its index to its index + 1.
+MIGRATIONS: list[Callable[[peewee.Database], None]] = [_create_v1]
+
+
+def migrate(database: peewee.Database) -> int:
+    """Bring the schema to the newest version; return the version it is at."""
+    with database.bind_ctx([SchemaVersion]), database.connection_context():
+        with database.atomic():
+            _lock(database)
+            database.create_tables([SchemaVersion], safe=True)
+            current = SchemaVersion.select(peewee.fn.MAX(SchemaVersion.version)).scalar() or 0
+            for version in range(current, len(MIGRATIONS)):
+                logger.info("Migrating schema to version %d", version + 1)
+                MIGRATIONS[version](database)
+                SchemaVersion.create(version=version + 1)
+        return len(MIGRATIONS)
+
+
+def _lock(database: peewee.Database) -> None:
+    """Serialise concurrent start-ups: only one process at a time may look at or change the schema."""
+    if isinstance(database, peewee.PostgresqlDatabase):
+        database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK_KEY,))
+    elif isinstance(database, peewee.SqliteDatabase):
+        # A write takes SQLite's database lock for the rest of the transaction.
+        database.execute_sql("CREATE TABLE IF NOT EXISTS schema_lock (id INTEGER PRIMARY KEY)")
+        database.execute_sql("DELETE FROM schema_lock WHERE id = 0")

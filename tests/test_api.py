@@ -1,0 +1,236 @@
+"""The REST API: shapes, validation, lookups, listing, cancel and force."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import pytest
+
+from storage import notifications as store
+
+PUSH = {"recipient_id": "user123", "content": "Your order has been shipped!"}
+EMAIL = {"recipient_id": "user@example.com", "content": "Your invoice is ready", "subject": "Invoice"}
+
+
+def post(client, channel, **body):
+    return client.post(f"/notifications/{channel}", json=body)
+
+
+def create(client, channel="push", **overrides):
+    body = {**(PUSH if channel == "push" else EMAIL), **overrides}
+    response = post(client, channel, **body)
+    assert response.status_code == 202, response.json
+    return response.json["notification_id"]
+
+
+def test_post_push_is_accepted_with_the_documented_shape(client):
+    response = post(client, "push", **PUSH, title="Shipped", data={"order": 42})
+    assert response.status_code == 202
+    assert response.json["status"] == "success"
+    assert response.json["message"] == "Push notification scheduled"
+    uuid.UUID(response.json["notification_id"])
+
+
+def test_post_email_is_accepted(client):
+    response = post(client, "email", **EMAIL)
+    assert response.status_code == 202
+    assert response.json["message"] == "Email notification scheduled"
+
+
+def test_get_one_has_every_documented_field(client):
+    nid = create(client, timezone="America/New_York", scheduled_time="2023-12-01T15:30:00")
+    body = client.get(f"/notifications/{nid}").json
+    expected = {
+        "id", "recipient_id", "content", "channel", "status", "created_at", "scheduled_time", "timezone",
+        "local_scheduled_time", "appropriate_delivery", "estimated_delivery_time", "attempt_count",
+        "updated_at", "delivered_at", "last_error",
+    }  # fmt: skip
+    assert expected <= body.keys()
+    assert body["id"] == nid
+    assert body["channel"] == "push"
+    assert body["status"] == "Pending"
+    assert body["scheduled_time"] == "2023-12-01T20:30:00+00:00"
+    assert body["local_scheduled_time"] == "2023-12-01T15:30:00-05:00"
+    assert body["appropriate_delivery"] is True
+    assert body["attempt_count"] == 0
+    assert body["delivered_at"] is None
+    dt.datetime.fromisoformat(body["created_at"])
+    assert dt.datetime.fromisoformat(body["estimated_delivery_time"]).utcoffset() is not None
+
+
+def test_night_time_request_is_estimated_for_next_morning(client):
+    nid = create(client, timezone="Europe/Warsaw", scheduled_time="2030-01-10T23:30:00")
+    body = client.get(f"/notifications/{nid}").json
+    assert body["appropriate_delivery"] is False
+    assert body["estimated_delivery_time"] == "2030-01-11T08:00:00+01:00"
+
+
+def test_default_timezone_is_utc(client):
+    nid = create(client, scheduled_time="2030-05-05T12:00:00")
+    body = client.get(f"/notifications/{nid}").json
+    assert body["timezone"] == "UTC"
+    assert body["scheduled_time"] == body["local_scheduled_time"] == "2030-05-05T12:00:00+00:00"
+
+
+@pytest.mark.parametrize(
+    ("channel", "body", "field"),
+    [
+        ("push", {"content": "x"}, "recipient_id"),
+        ("push", {"recipient_id": "u"}, "content"),
+        ("push", {"recipient_id": "u", "content": ""}, "content"),
+        ("push", {"recipient_id": "u", "content": "x" * 10001}, "content"),
+        ("push", {"recipient_id": "   ", "content": "x"}, "recipient_id"),
+        ("push", {"recipient_id": "u", "content": "x", "timezone": "Mars/Olympus"}, "timezone"),
+        ("push", {"recipient_id": "u", "content": "x", "scheduled_time": "tomorrow"}, "scheduled_time"),
+        (
+            "push",
+            {"recipient_id": "u", "content": "x", "scheduled_time": "9999-12-31T23:59:59"},
+            "scheduled_time",
+        ),
+        ("push", {"recipient_id": "u", "content": "x", "data": [1, 2]}, "data"),
+        ("push", {"recipient_id": "u", "content": "x", "colour": "red"}, "colour"),
+        ("email", {"recipient_id": "not-an-address", "content": "x"}, "recipient_id"),
+        ("email", {"recipient_id": "a@example.com", "content": "x", "title": "push only"}, "title"),
+    ],
+)
+def test_bad_input_is_a_422_naming_the_field_and_writes_nothing(app, client, channel, body, field):
+    response = post(client, channel, **body)
+    assert response.status_code == 422
+    assert field in response.json["errors"]["json"]
+    with app.app_context():
+        assert store.Notification.select().count() == 0
+
+
+def test_body_that_is_not_json_is_a_4xx(client):
+    response = client.post("/notifications/push", data="{nope", content_type="application/json")
+    assert 400 <= response.status_code < 500
+
+
+def test_unknown_id_is_404(client):
+    missing = uuid.uuid4()
+    for response in (
+        client.get(f"/notifications/{missing}"),
+        client.post(f"/notifications/{missing}/cancel"),
+        client.post(f"/notifications/{missing}/force"),
+    ):
+        assert response.status_code == 404
+        assert str(missing) in response.json["message"]
+
+
+def test_malformed_id_is_404(client):
+    assert client.get("/notifications/not-a-uuid").status_code == 404
+
+
+def test_cancel_pending(client):
+    nid = create(client, scheduled_time="2030-01-01T12:00:00")
+    response = client.post(f"/notifications/{nid}/cancel")
+    assert response.status_code == 200
+    assert response.json["status"] == "success"
+    assert response.json["message"] == "Notification cancelled"
+    assert response.json["notification_id"] == nid
+    assert "task_id" in response.json
+    assert client.get(f"/notifications/{nid}").json["status"] == "Cancelled"
+
+
+def test_cancel_twice_is_a_conflict_saying_why(client):
+    nid = create(client, scheduled_time="2030-01-01T12:00:00")
+    client.post(f"/notifications/{nid}/cancel")
+    response = client.post(f"/notifications/{nid}/cancel")
+    assert response.status_code == 409
+    assert "Cancelled" in response.json["message"]
+
+
+def test_force_cancelled_is_a_conflict(client):
+    nid = create(client, scheduled_time="2030-01-01T12:00:00")
+    client.post(f"/notifications/{nid}/cancel")
+    response = client.post(f"/notifications/{nid}/force")
+    assert response.status_code == 409
+    assert "Cancelled" in response.json["message"]
+
+
+def test_force_makes_it_due_now_and_sends_a_message(client):
+    nid = create(client, scheduled_time="2030-01-01T03:00:00")
+    response = client.post(f"/notifications/{nid}/force")
+    assert response.status_code == 200
+    assert response.json["message"] == "Notification delivery forced"
+    assert response.json["notification_id"] == nid
+    uuid.UUID(response.json["task_id"])
+    body = client.get(f"/notifications/{nid}").json
+    assert body["status"] == "Pending"
+    due = dt.datetime.fromisoformat(body["estimated_delivery_time"])
+    assert abs(due - dt.datetime.now(dt.UTC)) < dt.timedelta(minutes=1)
+
+
+def test_list_is_newest_first_with_total_count_and_paging(client):
+    ids = [create(client, recipient_id=f"r{i}") for i in range(5)]
+    page = client.get("/notifications?limit=2&offset=1").json
+    assert page["count"] == 5
+    assert [n["id"] for n in page["notifications"]] == ids[::-1][1:3]
+
+
+def test_list_filters_by_status_case_insensitively_channel_and_recipient(client):
+    keep = create(client, "email", scheduled_time="2030-01-01T12:00:00")
+    cancelled = create(client, "push", recipient_id="alice", scheduled_time="2030-01-01T12:00:00")
+    client.post(f"/notifications/{cancelled}/cancel")
+    by_status = client.get("/notifications?status=cAnCeLlEd").json
+    assert [n["id"] for n in by_status["notifications"]] == [cancelled]
+    by_channel = client.get("/notifications?channel=email").json
+    assert [n["id"] for n in by_channel["notifications"]] == [keep]
+    by_recipient = client.get("/notifications?recipient_id=alice").json
+    assert by_recipient["count"] == 1
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [("status=sent", "status"), ("channel=sms", "channel"), ("limit=0", "limit"), ("limit=1001", "limit"),
+     ("offset=-1", "offset"), ("limit=abc", "limit")],
+)  # fmt: skip
+def test_bad_list_query_is_a_422_naming_the_parameter(client, query, field):
+    response = client.get(f"/notifications?{query}")
+    assert response.status_code == 422
+    assert field in response.json["errors"]["query"]
+
+
+def test_default_page_size_is_50(client, app):
+    with app.app_context():
+        now = dt.datetime(2030, 1, 1)
+        common = {"channel": "push", "content": "x", "timezone": "UTC", "appropriate_delivery": True}
+        times = {"scheduled_time": now, "due_at": now, "created_at": now, "updated_at": now}
+        rows = [{**common, **times, "recipient_id": f"r{i}", "api_host": "t"} for i in range(60)]
+        store.Notification.insert_many(rows).execute()
+    page = client.get("/notifications").json
+    assert page["count"] == 60
+    assert len(page["notifications"]) == 50
+
+
+def test_health_reports_database_and_broker(client):
+    response = client.get("/health")
+    assert response.status_code == 200
+    assert response.json == {"status": "ok", "database": "ok", "broker": "ok"}
+
+
+def test_health_is_503_when_the_database_is_unreachable(tmp_path):
+    from api import create_app
+
+    app = create_app({"TESTING": True, "DATABASE_URL": f"sqlite:///{tmp_path}/h.db", "RUN_WORKERS": False})
+    (tmp_path / "h.db").unlink()
+    (tmp_path / "h.db").mkdir()  # a directory where the database file was: it cannot be opened
+    import storage
+
+    storage.db.close()
+    response = app.test_client().get("/health")
+    assert response.status_code == 503
+    assert response.json["database"] == "unreachable"
+
+
+def test_openapi_spec_and_swagger_ui_are_served(client):
+    spec = client.get("/openapi.json").json
+    assert "/notifications/push" in spec["paths"]
+    assert spec["paths"]["/notifications/push"]["post"]["summary"] == "Schedule a push notification"
+    page = client.get("/docs")
+    assert page.status_code == 200
+    assert b"/docs/static/swagger-ui-bundle.js" in page.data
+    with client.get("/docs/static/swagger-ui-bundle.js") as script:
+        assert script.status_code == 200
+        assert b"SwaggerUIBundle" in script.data

@@ -1,0 +1,218 @@
+"""Storage on SQLite and PostgreSQL: transitions are single conditional statements, one winner each."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+import threading
+
+import pytest
+
+import storage
+from storage import events
+from storage import notifications as store
+from storage.clock import utcnow
+
+
+def make(*, due_in: float = 0.0, channel: str = "push", **extra) -> store.Notification:
+    now = utcnow()
+    fields = {
+        "channel": channel,
+        "recipient_id": "r1",
+        "content": "hello",
+        "timezone": "UTC",
+        "scheduled_time": now,
+        "appropriate_delivery": True,
+        "due_at": now + dt.timedelta(seconds=due_in),
+        **extra,
+    }
+    return store.create(host="api-1", **fields)
+
+
+def take(horizon=60.0, lease=600.0, limit=100, channels=None):
+    with storage.db.atomic():
+        return store.take_due(horizon=horizon, lease=lease, limit=limit, channels=channels)
+
+
+def test_create_records_a_created_event(db):
+    n = make()
+    assert [e.kind for e in events.history(n.id)] == ["created"]
+    assert store.get(n.id).status == store.PENDING
+
+
+def test_take_due_takes_only_rows_within_the_horizon(db):
+    soon, later = make(due_in=30), make(due_in=3600)
+    taken = take(horizon=60)
+    assert [d.notification_id for d in taken] == [str(soon.id)]
+    assert taken[0].seq == 1
+    assert store.get(later.id).dispatch_seq == 0
+
+
+def test_take_due_does_not_take_a_row_twice_while_its_message_is_queued(db):
+    make()
+    assert len(take()) == 1
+    assert take() == []
+
+
+def test_expired_dispatch_is_taken_again_with_a_new_seq(db):
+    n = make()
+    first = take(lease=0.0, horizon=1)
+    store.Notification.update(lease_until=utcnow() - dt.timedelta(seconds=1)).execute()
+    second = take()
+    assert [d.seq for d in first + second] == [1, 2]
+    assert store.claim(n.id, 1, host="w", lease=60) is None, "the older message is stale"
+    assert store.claim(n.id, 2, host="w", lease=60) is not None
+
+
+def test_take_due_filters_by_channel(db):
+    make(channel="email")
+    make(channel="push")
+    assert [d.channel for d in take(channels=["email"])] == ["email"]
+
+
+def test_claim_moves_to_processing_and_counts_the_attempt(db):
+    n = make()
+    (d,) = take()
+    claimed = store.claim(n.id, d.seq, host="worker-1", lease=60)
+    assert claimed.status == store.PROCESSING
+    assert claimed.attempt_count == 1
+    assert claimed.worker_host == "worker-1"
+    assert store.claim(n.id, d.seq, host="worker-2", lease=60) is None, "a duplicate message does nothing"
+
+
+def test_only_one_of_many_racing_claims_wins(db):
+    n = make()
+    (d,) = take()
+    winners, barrier = [], threading.Barrier(8)
+
+    def race():
+        with storage.db.connection_context():
+            barrier.wait()
+            if store.claim(n.id, d.seq, host=threading.current_thread().name, lease=60):
+                winners.append(1)
+
+    threads = [threading.Thread(target=race) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(winners) == 1
+    assert store.get(n.id).attempt_count == 1
+
+
+@pytest.mark.parametrize("rounds", [20])
+def test_cancel_racing_claim_has_exactly_one_winner(db, rounds):
+    for _ in range(rounds):
+        n = make()
+        (d,) = take()
+        outcome, barrier = {}, threading.Barrier(2)
+
+        def claim(nid=n.id, seq=d.seq, barrier=barrier, outcome=outcome):
+            with storage.db.connection_context():
+                barrier.wait()
+                outcome["claimed"] = store.claim(nid, seq, host="w", lease=60) is not None
+
+        def cancel(nid=n.id, barrier=barrier, outcome=outcome):
+            with storage.db.connection_context():
+                barrier.wait()
+                try:
+                    store.cancel(nid, host="api")
+                    outcome["cancelled"] = True
+                except store.TransitionConflict:
+                    outcome["cancelled"] = False
+
+        threads = [threading.Thread(target=claim), threading.Thread(target=cancel)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert outcome["claimed"] != outcome["cancelled"]
+        assert store.get(n.id).status == (store.PROCESSING if outcome["claimed"] else store.CANCELLED)
+
+
+def test_delivered_only_by_the_claiming_message(db):
+    n = make()
+    (d,) = take()
+    store.claim(n.id, d.seq, host="w", lease=60)
+    assert not store.mark_delivered(n.id, d.seq + 1, host="w")
+    assert store.mark_delivered(n.id, d.seq, host="w")
+    row = store.get(n.id)
+    assert row.status == store.DELIVERED
+    assert row.delivered_at is not None
+    assert [e.kind for e in events.history(n.id)] == ["created", "attempt", "delivered"]
+
+
+def test_stalled_processing_row_is_taken_back_after_its_lease(db):
+    n = make()
+    (d,) = take()
+    store.claim(n.id, d.seq, host="dead-worker", lease=0.0)
+    (again,) = take()
+    assert again.seq == d.seq + 1
+    assert store.get(n.id).status == store.PENDING
+    assert not store.mark_delivered(n.id, d.seq, host="dead-worker"), "the dead worker's claim is void"
+
+
+def test_release_for_retry_keeps_the_row_for_the_same_message(db):
+    n = make()
+    (d,) = take()
+    store.claim(n.id, d.seq, host="w", lease=60)
+    store.release_for_retry(n.id, d.seq, host="w", error="503 from endpoint", lease=300)
+    assert take() == [], "the retry message owns the row"
+    retried = store.claim(n.id, d.seq, host="w", lease=60)
+    assert retried.attempt_count == 2
+    assert retried.last_error == "503 from endpoint"
+
+
+def test_failed_keeps_the_reason(db):
+    n = make()
+    (d,) = take()
+    store.claim(n.id, d.seq, host="w", lease=60)
+    store.mark_failed(n.id, d.seq, host="w", error="550 no such user")
+    row = store.get(n.id)
+    assert (row.status, row.last_error) == (store.FAILED, "550 no such user")
+
+
+def test_force_a_failed_one_makes_it_due_now_with_a_fresh_budget(db):
+    n = make(due_in=3600)
+    store.Notification.update(status=store.FAILED, attempt_count=6).execute()
+    forced = store.force(n.id, host="api", lease=600)
+    assert forced.status == store.PENDING
+    assert forced.forced is True
+    assert forced.attempts_at_force == 6
+    assert forced.dispatch_seq == 1
+    assert forced.due_at <= utcnow()
+
+
+def test_force_and_cancel_refuse_finished_rows(db):
+    n = make()
+    store.Notification.update(status=store.DELIVERED).execute()
+    with pytest.raises(store.TransitionConflict, match="Delivered"):
+        store.force(n.id, host="api", lease=600)
+    with pytest.raises(store.TransitionConflict, match="Delivered"):
+        store.cancel(n.id, host="api")
+
+
+def test_unknown_id_is_not_found(db):
+    with pytest.raises(store.NotificationNotFound):
+        store.cancel("00000000-0000-0000-0000-000000000000", host="api")
+
+
+def test_listing_filters_and_orders_newest_first(db):
+    a = make(recipient_id="a")
+    b = make(recipient_id="b", channel="email")
+    assert [n.id for n in store.listing()] == [b.id, a.id]
+    assert [n.id for n in store.listing(channel="push")] == [a.id]
+    assert [n.id for n in store.listing(recipient_id="b", status=store.PENDING)] == [b.id]
+
+
+def test_schema_setup_is_idempotent_and_safe_for_concurrent_starts(database_url):
+    script = "import storage, sys; storage.configure(sys.argv[1])"
+    processes = [subprocess.Popen([sys.executable, "-c", script, database_url]) for _ in range(4)]
+    assert [p.wait(timeout=60) for p in processes] == [0, 0, 0, 0]
+    database = storage.configure(database_url)
+    with database.connection_context():
+        from storage.schema import MIGRATIONS, SchemaVersion
+
+        with database.bind_ctx([SchemaVersion]):
+            assert [v.version for v in SchemaVersion.select()] == list(range(1, len(MIGRATIONS) + 1))
