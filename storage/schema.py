@@ -34,7 +34,9 @@ MIGRATIONS: list[Callable[[peewee.Database], None]] = [_create_v1]
 def migrate(database: peewee.Database) -> int:
     """Bring the schema to the newest version; return the version it is at."""
     with database.bind_ctx([SchemaVersion]), database.connection_context():
-        with database.atomic():
+        # IMMEDIATE: an SQLite reader cannot later upgrade to a writer if another process wrote first.
+        options = {"lock_type": "IMMEDIATE"} if isinstance(database, peewee.SqliteDatabase) else {}
+        with database.atomic(**options):
             _lock(database)
             database.create_tables([SchemaVersion], safe=True)
             current = SchemaVersion.select(peewee.fn.MAX(SchemaVersion.version)).scalar() or 0
@@ -49,7 +51,4 @@ def _lock(database: peewee.Database) -> None:
     """Serialise concurrent start-ups: only one process at a time may look at or change the schema."""
     if isinstance(database, peewee.PostgresqlDatabase):
         database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK_KEY,))
-    elif isinstance(database, peewee.SqliteDatabase):
-        # A write takes SQLite's database lock for the rest of the transaction.
-        database.execute_sql("CREATE TABLE IF NOT EXISTS schema_lock (id INTEGER PRIMARY KEY)")
-        database.execute_sql("DELETE FROM schema_lock WHERE id = 0")
+    # SQLite: the IMMEDIATE transaction already holds the database's write lock.
