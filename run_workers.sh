@@ -16,6 +16,9 @@ for channel in "${channels[@]}"; do
   esac
 done
 
+# Consumers look at delayed messages every 100 ms (Dramatiq's default is 1 s), so a notification
+# leaves within about 0.1 s of its due time.
+export dramatiq_worker_timeout=100
 # Validate the configuration once, with a message naming a bad variable.
 python -c "import settings" || exit 2
 

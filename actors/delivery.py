@@ -9,7 +9,7 @@ import dramatiq
 
 import settings
 from actors.providers import DeliveryError, Envelope, PermanentDeliveryError, provider_for
-from storage import db
+from storage import db, events
 from storage import notifications as store
 
 logger = logging.getLogger(__name__)
@@ -53,6 +53,8 @@ def deliver(notification_id: str, seq: int) -> None:
     with db.connection_context():
         notification = store.claim(notification_id, seq, host=host, lease=settings.PROCESSING_LEASE)
         if notification is None:
+            # Cancelled, delivered, forced or re-sent since this message was published: nothing to do.
+            events.record(notification_id, "skipped", host, detail=f"stale message {seq}")
             logger.info("Skipped %s: message %d is no longer current", notification_id, seq)
             return
         attempt = notification.attempt_count - notification.attempts_at_force

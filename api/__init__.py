@@ -75,6 +75,6 @@ def _start_embedded_workers() -> None:
     if released:
         logger.info("Re-dispatching %d notifications accepted before the restart", released)
     broker.add_middleware(SchedulerMiddleware())
-    worker = dramatiq.Worker(broker, worker_threads=settings.WORKER_THREADS)
+    worker = dramatiq.Worker(broker, worker_threads=settings.WORKER_THREADS, worker_timeout=100)
     worker.start()
     atexit.register(worker.stop)

@@ -235,6 +235,21 @@ def take_due(
 
 def claim(notification_id: Any, seq: int, *, host: str, lease: float) -> Notification | None:
     """Move a Pending row to Processing for the message ``seq``; None when that message is stale."""
+    notification = _claim_once(notification_id, seq, host=host, lease=lease)
+    if notification is None and is_postgres():
+        # The scheduler publishes before it commits, so a message may arrive while the row is
+        # still locked by the dispatch that makes it current. Wait for that lock; look again.
+        with db.atomic():
+            Notification.select(Notification.id).where(
+                Notification.id == notification_id
+            ).for_update().execute()
+            notification = _claim_once(notification_id, seq, host=host, lease=lease)
+    if notification is not None:
+        events.record(notification_id, "attempt", host, detail=f"attempt {notification.attempt_count}")
+    return notification
+
+
+def _claim_once(notification_id: Any, seq: int, *, host: str, lease: float) -> Notification | None:
     now = utcnow()
     rows = list(
         Notification.update(
@@ -252,10 +267,7 @@ def claim(notification_id: Any, seq: int, *, host: str, lease: float) -> Notific
         .returning(Notification)
         .execute()
     )
-    if not rows:
-        return None
-    events.record(notification_id, "attempt", host, detail=f"attempt {rows[0].attempt_count}", at=now)
-    return rows[0]
+    return rows[0] if rows else None
 
 
 def _finish(notification_id: Any, seq: int, **changes: Any) -> bool:

@@ -55,6 +55,22 @@ def postgres_url():
     admin.close()
 
 
+@pytest.fixture
+def fresh_postgres_url(postgres_url):
+    """A PostgreSQL database of its own for one test, for processes started by that test."""
+    import psycopg2
+
+    name = f"{postgres_url.rsplit('/', 1)[1]}_{uuid.uuid4().hex[:6]}"
+    admin = psycopg2.connect(PG_ADMIN_URL)
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    yield f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+    with admin.cursor() as cursor:
+        cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()
+
+
 def _rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
 

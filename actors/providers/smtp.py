@@ -55,7 +55,7 @@ def build_message(envelope: Envelope, sender: str) -> EmailMessage:
 
 
 class SmtpProvider:
-    """Sends through an SMTP relay named by ``smtp://``, ``smtp+starttls://`` or ``smtps://`` URL."""
+    """Sends through the relay an ``smtp://``, ``smtp+starttls://`` or ``smtps://`` URL names."""
 
     name = "smtp"
 
@@ -131,7 +131,9 @@ class SmtpProvider:
                 context=self.ssl_context,
             )
         else:
-            smtp = smtplib.SMTP(self.host, self.port, local_hostname=self._local_hostname, timeout=self.timeout)
+            smtp = smtplib.SMTP(
+                self.host, self.port, local_hostname=self._local_hostname, timeout=self.timeout
+            )
         if self.scheme == "smtp+starttls":
             try:
                 smtp.starttls(context=self.ssl_context)

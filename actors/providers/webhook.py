@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import logging
@@ -12,7 +13,7 @@ import weakref
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from actors.providers import Envelope, PermanentDeliveryError, TransientDeliveryError
 
@@ -72,13 +73,19 @@ class WebhookProvider:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"webhook URL must be http:// or https:// with a host, got {url!r}")
-        self.url = url
+        # Without the credentials, so it can be logged.
+        self.url = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
         self.scheme = parts.scheme
         self.host = parts.hostname
         self.port = parts.port
         self.target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self.timeout = timeout
         self.ssl_context = ssl_context
+        # Credentials in the URL (https://user:pass@host/) become Basic auth rather than being dropped.
+        self._authorization = None
+        if parts.username is not None:
+            credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            self._authorization = "Basic " + base64.b64encode(credentials.encode()).decode()
         self._local = threading.local()
         # Lets close() reach every thread's connection; weak, so a finished thread's one can go.
         self._all: weakref.WeakSet[_ThreadConnection] = weakref.WeakSet()
@@ -95,6 +102,8 @@ class WebhookProvider:
             "Idempotency-Key": envelope.notification_id,
             "User-Agent": "notification-service",
         }
+        if self._authorization:
+            headers["Authorization"] = self._authorization
         try:
             status, retry_after, text = self._post(body, headers)
         except (OSError, http.client.HTTPException) as exc:  # includes timeouts and refused connections
@@ -141,7 +150,7 @@ class WebhookProvider:
                 if not reused:
                     raise
                 # The server closed the idle connection; the Idempotency-Key makes one more try safe.
-                logger.debug("Kept-alive connection to %s was closed; reconnecting", self.url)
+                logger.debug("Kept-alive connection of %r was closed; reconnecting", self)
                 connection.close()
                 return self._exchange(connection, body, headers)
         except BaseException:
