@@ -2,8 +2,8 @@
 # Start Dramatiq workers: `./run_workers.sh` for both channels, `./run_workers.sh push` or
 # `./run_workers.sh email` for one. Each channel's worker also runs a scheduler for that channel.
 # Processes and threads come from WORKER_PROCESSES / WORKER_THREADS; SIGTERM finishes the work in
-# flight and stops. A worker that exits because the broker is unreachable at start-up is restarted
-# with backoff.
+# flight and stops. A worker that exits abnormally (the broker or the database unreachable at
+# start-up, a crashed process) is restarted with backoff.
 set -u
 cd "$(dirname "$0")"
 
@@ -22,7 +22,6 @@ export dramatiq_worker_timeout=100
 # Validate the configuration once, with a message naming a bad variable.
 python -c "import settings" || exit 2
 
-RET_CONNECT=3  # dramatiq's exit code when it cannot connect to the broker
 stopping=0
 pids=()
 
@@ -31,9 +30,10 @@ metrics_port() {
 }
 
 supervise() {
-  local channel=$1 delay=1 child code
+  local channel=$1 delay=1 child code started
   trap 'kill -TERM "$child" 2>/dev/null; wait "$child"; exit 0' TERM INT
   while :; do
+    started=$SECONDS
     dramatiq_prom_port=$(metrics_port "$channel") dramatiq actors.worker \
       --queues "$channel" \
       --processes "${WORKER_PROCESSES:-1}" \
@@ -41,12 +41,12 @@ supervise() {
     child=$!
     wait "$child"
     code=$?
-    if [ "$code" -ne "$RET_CONNECT" ]; then
-      exit "$code"
-    fi
-    echo "run_workers: $channel worker could not reach the broker; restarting in ${delay}s" >&2
+    [ "$code" -eq 0 ] && exit 0
+    # A worker that ran a while before failing starts the backoff afresh.
+    [ $((SECONDS - started)) -gt 60 ] && delay=1
+    echo "run_workers: $channel worker exited with $code; restarting in ${delay}s" >&2
     sleep "$delay" & wait $!
-    delay=$((delay < 30 ? delay * 2 : 60))
+    delay=$((delay < 30 ? delay * 2 : 30))
   done
 }
 

@@ -1,0 +1,118 @@
+"""run_workers.sh as operators run it: start-up without a broker, clean shutdown, several schedulers."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+import storage
+from storage import notifications as store
+from tests.processes import Service, TcpRelay, wait_until
+from tests.receivers import PushReceiver
+from tests.test_storage import make, take
+
+pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq]
+
+
+@pytest.fixture
+def push_endpoint():
+    with PushReceiver() as receiver:
+        yield receiver
+
+
+def via(relay: TcpRelay, url: str) -> str:
+    parts = urlsplit(url)
+    credentials = f"{parts.username}:{parts.password}@" if parts.password else f"{parts.username}@"
+    netloc = f"{credentials}127.0.0.1:{relay.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def test_workers_wait_for_the_broker_at_start_up(tmp_path, fresh_postgres_url, rabbitmq_url, push_endpoint):
+    relay = TcpRelay(5672)  # closed: the broker is unreachable when the workers start
+    service = Service(
+        tmp_path, DATABASE_URL=fresh_postgres_url, BROKER_URL=rabbitmq_url, PUSH_WEBHOOK_URL=push_endpoint.url
+    )
+    workers = Service(
+        tmp_path,
+        DATABASE_URL=fresh_postgres_url,
+        BROKER_URL=via(relay, rabbitmq_url),
+        PUSH_WEBHOOK_URL=push_endpoint.url,
+    )
+    try:
+        service.start_api()
+        nid = service.notify("push", recipient_id="u", content="after the broker came back")
+        workers.start_workers("push")
+        wait_until(lambda: "Connection refused" in workers.logs(), timeout=30)
+        relay.open()
+        service.await_status(nid, "Delivered", timeout=60)
+    finally:
+        workers.close()
+        service.close()
+        relay.cut()
+
+
+def test_workers_restart_until_the_database_is_reachable(
+    tmp_path, fresh_postgres_url, rabbitmq_url, push_endpoint
+):
+    relay = TcpRelay(5432)
+    service = Service(
+        tmp_path, DATABASE_URL=fresh_postgres_url, BROKER_URL=rabbitmq_url, PUSH_WEBHOOK_URL=push_endpoint.url
+    )
+    workers = Service(
+        tmp_path,
+        DATABASE_URL=via(relay, fresh_postgres_url),
+        BROKER_URL=rabbitmq_url,
+        PUSH_WEBHOOK_URL=push_endpoint.url,
+    )
+    try:
+        service.start_api()
+        nid = service.notify("push", recipient_id="u", content="after the database came back")
+        workers.start_workers("push")
+        wait_until(lambda: "restarting in" in workers.logs(), timeout=30)
+        relay.open()
+        service.await_status(nid, "Delivered", timeout=60)
+    finally:
+        workers.close()
+        service.close()
+        relay.cut()
+
+
+def test_sigterm_finishes_the_delivery_in_flight(tmp_path, fresh_postgres_url, rabbitmq_url, push_endpoint):
+    push_endpoint.delay = 1.5
+    service = Service(
+        tmp_path, DATABASE_URL=fresh_postgres_url, BROKER_URL=rabbitmq_url, PUSH_WEBHOOK_URL=push_endpoint.url
+    )
+    try:
+        service.start_api()
+        workers = service.start_workers()
+        nid = service.notify("push", recipient_id="u", content="in flight")
+        wait_until(lambda: service.get(nid)["status"] == "Processing")
+        assert service.stop(workers, signal.SIGTERM) == 0
+        assert service.get(nid)["status"] == "Delivered"
+    finally:
+        service.close()
+
+
+def test_concurrent_schedulers_dispatch_each_row_once(db):
+    for _ in range(200):
+        make()
+    taken: list[store.Dispatch] = []
+    barrier = threading.Barrier(4)
+
+    def scheduler():
+        with storage.db.connection_context():
+            barrier.wait()
+            while batch := take(limit=20):
+                taken.extend(batch)
+
+    threads = [threading.Thread(target=scheduler) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(taken) == 200
+    assert {d.notification_id for d in taken} == {str(n.id) for n in store.Notification.select()}
+    assert {d.seq for d in taken} == {1}
