@@ -14,6 +14,8 @@ from api.scheduling import plan_delivery
 from api.schemas import (
     AcceptedResponse,
     ActionResponse,
+    BatchRequest,
+    BatchResponse,
     EmailRequest,
     ListArgs,
     NotificationList,
@@ -28,24 +30,30 @@ blp = Blueprint(
 )
 
 
-def _accept(channel: str, fields: dict[str, Any]) -> dict[str, Any]:
+def _row(channel: str, fields: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
+    """The stored form of a validated request: its time resolved into a due time."""
+    fields = dict(fields)
     zone = fields.pop("timezone")
     plan = plan_delivery(
         fields.pop("scheduled_time"),
         zone,
-        now=dt.datetime.now(dt.UTC),
+        now=now,
         start=settings.APPROPRIATE_HOURS_START,
         end=settings.APPROPRIATE_HOURS_END,
     )
-    notification = store.create(
-        host=settings.HOSTNAME,
-        channel=channel,
-        timezone=zone.key,
-        scheduled_time=to_db(plan.scheduled_time),
-        appropriate_delivery=plan.appropriate_delivery,
-        due_at=to_db(plan.due_at),
+    return {
         **fields,
-    )
+        "channel": channel,
+        "timezone": zone.key,
+        "scheduled_time": to_db(plan.scheduled_time),
+        "appropriate_delivery": plan.appropriate_delivery,
+        "due_at": to_db(plan.due_at),
+    }
+
+
+def _accept(channel: str, fields: dict[str, Any]) -> dict[str, Any]:
+    row = _row(channel, fields, dt.datetime.now(dt.UTC))
+    notification = store.create(host=settings.HOSTNAME, **row)
     dispatch.wake_schedulers()
     return {
         "status": "success",
@@ -80,6 +88,24 @@ class EmailNotifications(MethodView):
     def post(self, fields):
         """Schedule an email notification"""
         return _accept("email", fields)
+
+
+@blp.route("/batch")
+class NotificationBatch(MethodView):
+    @blp.arguments(BatchRequest)
+    @blp.response(202, BatchResponse)
+    def post(self, batch):
+        """Schedule up to 1000 notifications at once, all or none"""
+        now = dt.datetime.now(dt.UTC)
+        rows = [_row(item.pop("channel"), item, now) for item in batch["notifications"]]
+        ids = store.create_many(rows, host=settings.HOSTNAME)
+        dispatch.wake_schedulers()
+        return {
+            "status": "success",
+            "count": len(ids),
+            "notification_ids": ids,
+            "message": f"{len(ids)} notifications scheduled",
+        }
 
 
 @blp.route("")

@@ -78,6 +78,36 @@ class EmailRequest(NotificationRequest):
         return data
 
 
+class BatchItem(fields.Field):
+    """One notification of a batch: a push or an email request, chosen by its ``channel``."""
+
+    schemas = {"push": PushRequest, "email": EmailRequest}
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, dict):
+            raise ValidationError("Must be an object.")
+        body = dict(value)
+        channel = body.pop("channel", None)
+        if channel not in self.schemas:
+            raise ValidationError({"channel": ["Must be one of: push, email."]})
+        return {"channel": channel, **self.schemas[channel]().load(body)}
+
+
+class BatchRequest(Schema):
+    notifications = fields.List(
+        BatchItem(metadata={"type": "object", "description": "a push or email request plus `channel`"}),
+        required=True,
+        validate=validate.Length(min=1, max=1000),
+    )
+
+
+class BatchResponse(Schema):
+    status = fields.String()
+    count = fields.Integer()
+    notification_ids = fields.List(fields.UUID())
+    message = fields.String()
+
+
 class AcceptedResponse(Schema):
     status = fields.String()
     notification_id = fields.UUID()

@@ -121,6 +121,19 @@ def create(*, host: str, **fields: Any) -> Notification:
     return notification
 
 
+def create_many(rows: list[dict[str, Any]], *, host: str) -> list[uuid.UUID]:
+    """Insert many notifications in one transaction, all or none; return their ids in order."""
+    now = utcnow()
+    stamped = [
+        {"id": uuid.uuid4(), "api_host": host, "created_at": now, "updated_at": now, **r} for r in rows
+    ]
+    ids = [row["id"] for row in stamped]
+    with db.atomic():
+        Notification.insert_many(stamped).execute()
+        events.record_many(ids, "created", host, at=now)
+    return ids
+
+
 def get(notification_id: Any) -> Notification:
     try:
         return Notification.get_by_id(notification_id)

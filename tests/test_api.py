@@ -234,3 +234,42 @@ def test_openapi_spec_and_swagger_ui_are_served(client):
     with client.get("/docs/static/swagger-ui-bundle.js") as script:
         assert script.status_code == 200
         assert b"SwaggerUIBundle" in script.data
+
+
+def test_batch_accepts_push_and_email_in_order(client):
+    items = [
+        {"channel": "push", **PUSH, "title": "t"},
+        {"channel": "email", **EMAIL},
+        {"channel": "push", **PUSH, "scheduled_time": "2030-01-01T23:00:00", "timezone": "Asia/Tokyo"},
+    ]
+    response = client.post("/notifications/batch", json={"notifications": items})
+    assert response.status_code == 202
+    ids = response.json["notification_ids"]
+    assert response.json["count"] == len(ids) == 3
+    assert [client.get(f"/notifications/{i}").json["channel"] for i in ids] == ["push", "email", "push"]
+    night = client.get(f"/notifications/{ids[2]}").json
+    assert night["estimated_delivery_time"] == "2030-01-02T08:00:00+09:00"
+
+
+def test_batch_is_all_or_nothing_and_names_the_bad_item_and_field(app, client):
+    items = [{"channel": "push", **PUSH}, {"channel": "email", "recipient_id": "nope", "content": "x"}]
+    response = client.post("/notifications/batch", json={"notifications": items})
+    assert response.status_code == 422
+    assert "recipient_id" in response.json["errors"]["json"]["notifications"]["1"]
+    with app.app_context():
+        assert store.Notification.select().count() == 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{}, {"notifications": []}, {"notifications": [{"channel": "sms", **PUSH}]}, {"notifications": [1]}],
+)
+def test_bad_batches_are_422(client, body):
+    assert client.post("/notifications/batch", json=body).status_code == 422
+
+
+def test_batch_over_1000_is_rejected(client):
+    items = [{"channel": "push", **PUSH}] * 1001
+    response = client.post("/notifications/batch", json={"notifications": items})
+    assert response.status_code == 422
+    assert "notifications" in response.json["errors"]["json"]
