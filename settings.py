@@ -79,6 +79,8 @@ DISPATCH_BATCH_SIZE: int = _int("DISPATCH_BATCH_SIZE", 500, minimum=1, maximum=1
 DISPATCH_LEASE: float = _float("DISPATCH_LEASE", 600.0, minimum=1.0)
 # A claimed row whose worker has not finished within this many seconds is presumed dead.
 PROCESSING_LEASE: float = _float("PROCESSING_LEASE", 120.0, minimum=1.0)
+# How long a worker waits for an unreachable database before giving the message back for a retry.
+DATABASE_WAIT: float = _float("DATABASE_WAIT", 300.0)
 PUBLISH_CONFIRMS: bool = _bool("PUBLISH_CONFIRMS", True)
 
 DEFAULT_TIMEZONE: str = _env("DEFAULT_TIMEZONE", "UTC")

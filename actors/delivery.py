@@ -6,8 +6,10 @@ import logging
 from typing import Any
 
 import dramatiq
+import peewee
 
 import settings
+import storage
 from actors.providers import DeliveryError, Envelope, PermanentDeliveryError, provider_for
 from storage import db, events
 from storage import notifications as store
@@ -49,6 +51,16 @@ def envelope_of(notification: store.Notification) -> Envelope:
 
 def deliver(notification_id: str, seq: int) -> None:
     """Deliver once, for the message ``seq`` only; any other message for the row does nothing."""
+    try:
+        _deliver(notification_id, seq)
+    except (peewee.OperationalError, peewee.InterfaceError) as exc:
+        # Wait out a database outage here, so that it costs the message one retry, not all of them.
+        logger.warning("Database unavailable while delivering %s: %s", notification_id, exc)
+        storage.wait_until_available(settings.DATABASE_WAIT)
+        raise dramatiq.Retry(f"database unavailable: {exc}", delay=100) from exc
+
+
+def _deliver(notification_id: str, seq: int) -> None:
     host = settings.HOSTNAME
     with db.connection_context():
         notification = store.claim(notification_id, seq, host=host, lease=settings.PROCESSING_LEASE)

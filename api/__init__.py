@@ -9,7 +9,8 @@ from typing import Any
 import peewee
 import swagger_ui_bundle
 from flask import Flask, send_from_directory
-from flask_smorest import Api, abort
+from flask_smorest import Api
+from werkzeug.exceptions import ServiceUnavailable
 
 import settings
 import storage
@@ -55,7 +56,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     @app.errorhandler(peewee.InterfaceError)
     def database_unavailable(exc: Exception):
         logger.error("Database unavailable: %s", exc)
-        abort(503, message="The database is unavailable; try again shortly.")
+        unavailable = ServiceUnavailable()
+        unavailable.data = {"message": "The database is unavailable; try again shortly."}
+        return api.handle_http_exception(unavailable)
 
     if app.config["RUN_WORKERS"]:
         _start_embedded_workers()

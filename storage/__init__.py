@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import time
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -72,6 +74,23 @@ def ping() -> None:
     """Raise ``peewee.DatabaseError`` (or ``OperationalError``) when the database cannot answer."""
     with db.connection_context():
         db.execute_sql("SELECT 1")
+
+
+def wait_until_available(timeout: float) -> bool:
+    """Wait, with backoff, until the database answers again; False if it did not within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    delay = 0.1
+    while True:
+        with contextlib.suppress(peewee.DatabaseError):
+            db.close()  # drop a connection the outage broke
+        try:
+            ping()
+            return True
+        except peewee.DatabaseError:
+            if time.monotonic() + delay > deadline:
+                return False
+            time.sleep(delay)  # nothing to await but the database itself
+            delay = min(delay * 2, 5.0)
 
 
 def init_app(app: Any) -> None:

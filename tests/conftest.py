@@ -129,3 +129,24 @@ def client(app):
 @pytest.fixture(scope="session")
 def python() -> str:
     return sys.executable
+
+
+@pytest.fixture
+def report(request):
+    """Record a line of figures to print at the end of the run (carried back from xdist workers)."""
+    return lambda line: request.node.user_properties.append(("figures", line))
+
+
+def pytest_terminal_summary(terminalreporter):
+    lines = [
+        f"{report.nodeid.rsplit('::', 1)[-1]}: {value}"
+        for outcome in ("passed", "failed")
+        for report in terminalreporter.stats.get(outcome, [])
+        if getattr(report, "when", None) == "call"
+        for name, value in getattr(report, "user_properties", [])
+        if name == "figures"
+    ]
+    if lines:
+        terminalreporter.section("fault-injection figures")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -161,6 +161,9 @@ class TcpRelay:
         """Refuse new connections and drop the open ones, as a stopped server would."""
         listener, self._listener = self._listener, None
         if listener is not None:
+            # shutdown() wakes the thread blocked in accept(); close() alone would not.
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
             listener.close()
         with self._lock:
             for connection in self._connections:

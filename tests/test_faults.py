@@ -1,0 +1,165 @@
+"""Fault injection with real services: killed workers, a broker outage, a database outage.
+
+Each test prints its figures (accepted, delivered, duplicates, lost) at the end of the run. Outages
+are made with a TCP relay between the service and the real server, so that other tests sharing
+the server are unaffected.
+"""
+
+from __future__ import annotations
+
+import signal
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from tests.processes import Service, TcpRelay, wait_until
+from tests.receivers import PushReceiver
+
+pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq]
+
+
+@pytest.fixture
+def push_endpoint():
+    with PushReceiver() as receiver:
+        yield receiver
+
+
+def via(relay: TcpRelay, url: str) -> str:
+    parts = urlsplit(url)
+    credentials = f"{parts.username}:{parts.password}@" if parts.password else f"{parts.username}@"
+    return urlunsplit(parts._replace(netloc=f"{credentials}127.0.0.1:{relay.port}"))
+
+
+def accept_batch(service: Service, count: int, prefix: str) -> list[str]:
+    items = [{"channel": "push", "recipient_id": f"{prefix}{i}", "content": "x"} for i in range(count)]
+    status, answer = service.request("POST", "/notifications/batch", {"notifications": items})
+    assert status == 202, answer
+    return answer["notification_ids"]
+
+
+def statuses(service: Service) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for status in ("Delivered", "Failed"):
+        _, answer = service.request("GET", f"/notifications?status={status}&limit=1")
+        counts[status] = answer["count"]
+    return counts
+
+
+def figures(accepted: list[str], receiver: PushReceiver, service: Service) -> dict[str, int]:
+    # A worker killed while sending leaves a partial request behind: that is no delivery.
+    received = [r.body["notification_id"] for r in receiver.requests if r.body]
+    unique = set(received)
+    counts = statuses(service)
+    return {
+        "accepted": len(accepted),
+        "delivered": counts["Delivered"],
+        "failed": counts["Failed"],
+        "received": len(received),
+        "duplicates": len(received) - len(unique),
+        "lost": len(set(accepted) - unique),
+    }
+
+
+def test_workers_killed_repeatedly_lose_nothing(
+    tmp_path, fresh_postgres_url, rabbitmq_url, push_endpoint, report
+):
+    service = Service(
+        tmp_path,
+        DATABASE_URL=fresh_postgres_url,
+        BROKER_URL=rabbitmq_url,
+        PUSH_WEBHOOK_URL=push_endpoint.url,
+        PROCESSING_LEASE="2",
+        WORKER_THREADS="8",
+    )
+    try:
+        service.start_api()
+        accepted = [nid for batch in range(3) for nid in accept_batch(service, 1000, f"k{batch}-")]
+        workers = service.start_workers("push")
+        for _kill in range(4):
+            # Kill the whole worker tree in the middle of the run, then start it again.
+            seen = len(push_endpoint.requests)
+            wait_until(lambda seen=seen: len(push_endpoint.requests) >= seen + 150, timeout=60)
+            service.stop(workers, signal.SIGKILL)
+            workers = service.start_workers("push")
+        wait_until(lambda: statuses(service)["Delivered"] == len(accepted), timeout=120)
+        result = figures(accepted, push_endpoint, service)
+        report(f"workers SIGKILLed 4 times: {result}")
+        assert result["lost"] == 0
+        assert result["delivered"] == len(accepted)
+        assert result["received"] - result["duplicates"] == len(accepted)
+    finally:
+        service.close()
+
+
+def test_broker_outage_accepts_durably_and_delivers_after(
+    tmp_path, fresh_postgres_url, rabbitmq_url, push_endpoint, report
+):
+    relay = TcpRelay(5672).open()
+    service = Service(
+        tmp_path,
+        DATABASE_URL=fresh_postgres_url,
+        BROKER_URL=via(relay, rabbitmq_url),
+        PUSH_WEBHOOK_URL=push_endpoint.url,
+    )
+    try:
+        service.start_api()
+        service.start_workers("push")
+        accepted = accept_batch(service, 200, "before-")
+        wait_until(lambda: len(push_endpoint.requests) >= 50)
+        relay.cut()  # the broker goes away in the middle of the run
+        assert service.request("GET", "/health")[0] == 503
+        during = []
+        for i in range(100):
+            status, answer = service.request(
+                "POST", "/notifications/push", {"recipient_id": f"d{i}", "content": "x"}
+            )
+            assert status in (202, 503), answer  # never a 500, never accepted and then lost
+            if status == 202:
+                during.append(answer["notification_id"])
+        accepted += during
+        relay.open()
+        accepted += accept_batch(service, 200, "after-")
+        wait_until(lambda: statuses(service)["Delivered"] == len(accepted), timeout=90)
+        result = figures(accepted, push_endpoint, service)
+        report(f"broker outage: accepted while down={len(during)}/100, {result}")
+        assert result["lost"] == 0
+    finally:
+        service.close()
+        relay.cut()
+
+
+def test_database_outage_is_503_and_workers_resume(
+    tmp_path, fresh_postgres_url, rabbitmq_url, push_endpoint, report
+):
+    relay = TcpRelay(5432).open()
+    service = Service(
+        tmp_path,
+        DATABASE_URL=via(relay, fresh_postgres_url),
+        BROKER_URL=rabbitmq_url,
+        PUSH_WEBHOOK_URL=push_endpoint.url,
+        PROCESSING_LEASE="3",
+    )
+    try:
+        service.start_api()
+        service.start_workers("push")
+        accepted = accept_batch(service, 300, "before-")
+        wait_until(lambda: len(push_endpoint.requests) >= 50)
+        relay.cut()  # the database goes away in the middle of the run
+        refused = 0
+        for i in range(20):
+            status, answer = service.request(
+                "POST", "/notifications/push", {"recipient_id": f"d{i}", "content": "x"}
+            )
+            assert status == 503, answer
+            refused += 1
+        assert service.request("GET", "/health")[0] == 503
+        relay.open()
+        wait_until(lambda: service.request("GET", "/health")[0] == 200, timeout=30)
+        accepted += accept_batch(service, 200, "after-")
+        wait_until(lambda: statuses(service)["Delivered"] == len(accepted), timeout=120)
+        result = figures(accepted, push_endpoint, service)
+        report(f"database outage: refused with 503 while down={refused}, {result}")
+        assert result["lost"] == 0
+    finally:
+        service.close()
+        relay.cut()
