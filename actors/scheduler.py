@@ -18,7 +18,7 @@ import peewee
 import settings
 from actors.delivery import ACTORS
 from actors.dispatch import publish, register_wake_event
-from storage import db, events
+from storage import db, events, wakeups
 from storage import notifications as store
 
 logger = logging.getLogger(__name__)
@@ -66,6 +66,15 @@ class Scheduler:
 
     def run(self) -> None:
         logger.info("Scheduler started for %s", ", ".join(self.channels or ACTORS))
+        listener = wakeups.listener()
+        try:
+            self._loop(listener)
+        finally:
+            if listener is not None:
+                listener.close()
+        logger.info("Scheduler stopped")
+
+    def _loop(self, listener: wakeups.DueListener | None) -> None:
         failures = 0
         while not self._stop.is_set():
             try:
@@ -78,9 +87,12 @@ class Scheduler:
                 logger.warning("Scheduler pass failed (%s); retrying", exc)
             if full:
                 continue
-            self.wake.wait(min(self.interval * 2**failures, 30))
+            timeout = min(self.interval * 2**failures, 30)
+            if listener is not None and not failures:
+                listener.wait(timeout)
+            else:
+                self.wake.wait(timeout)
             self.wake.clear()
-        logger.info("Scheduler stopped")
 
 
 class SchedulerMiddleware(dramatiq.Middleware):

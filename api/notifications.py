@@ -51,10 +51,19 @@ def _row(channel: str, fields: dict[str, Any], now: dt.datetime) -> dict[str, An
     }
 
 
+def _due_soon(rows: list[dict[str, Any]], now: dt.datetime) -> bool:
+    """Whether any row falls due within the schedule horizon, so schedulers should look now."""
+    horizon = to_db(now) + dt.timedelta(seconds=settings.SCHEDULE_HORIZON)
+    return any(row["due_at"] <= horizon for row in rows)
+
+
 def _accept(channel: str, fields: dict[str, Any]) -> dict[str, Any]:
-    row = _row(channel, fields, dt.datetime.now(dt.UTC))
-    notification = store.create(host=settings.HOSTNAME, **row)
-    dispatch.wake_schedulers()
+    now = dt.datetime.now(dt.UTC)
+    row = _row(channel, fields, now)
+    wake = _due_soon([row], now)
+    notification = store.create(host=settings.HOSTNAME, wake=wake, **row)
+    if wake:
+        dispatch.wake_schedulers()
     return {
         "status": "success",
         "notification_id": notification.id,
@@ -98,8 +107,10 @@ class NotificationBatch(MethodView):
         """Schedule up to 1000 notifications at once, all or none"""
         now = dt.datetime.now(dt.UTC)
         rows = [_row(item.pop("channel"), item, now) for item in batch["notifications"]]
-        ids = store.create_many(rows, host=settings.HOSTNAME)
-        dispatch.wake_schedulers()
+        wake = _due_soon(rows, now)
+        ids = store.create_many(rows, host=settings.HOSTNAME, wake=wake)
+        if wake:
+            dispatch.wake_schedulers()
         return {
             "status": "success",
             "count": len(ids),

@@ -248,10 +248,14 @@ def test_embedded_mode_delivers_to_the_outbox(tmp_path):
     try:
         service.start_api()
         nid = service.notify("push", recipient_id="newcomer", content="hello")
-        service.notify("email", recipient_id="newcomer@example.com", content="hi", subject="Welcome")
+        email_id = service.notify(
+            "email", recipient_id="newcomer@example.com", content="hi", subject="Welcome"
+        )
         service.await_status(nid, "Delivered")
+        service.await_status(email_id, "Delivered")
         lines = (tmp_path / "outbox" / "push.jsonl").read_text().splitlines()
         assert nid in lines[0]
-        wait_until(lambda: list((tmp_path / "outbox" / "email" / "new").iterdir()))
+        (mail,) = (tmp_path / "outbox" / "email" / "new").iterdir()
+        assert email_id in mail.read_text()
     finally:
         service.close()
