@@ -3,7 +3,8 @@
 # `./run_workers.sh email` for one. Each channel's worker also runs a scheduler for that channel.
 # Processes and threads come from WORKER_PROCESSES / WORKER_THREADS; SIGTERM finishes the work in
 # flight and stops. A worker that exits because the broker is unreachable at start-up is restarted
-# with backoff.
+# with backoff. Each channel's workers serve their Prometheus metrics on PUSH_METRICS_PORT /
+# EMAIL_METRICS_PORT unless METRICS_ENABLED=false. Logs go to stdout.
 set -u
 cd "$(dirname "$0")"
 
@@ -19,6 +20,7 @@ done
 # Validate the configuration once, with a message naming a bad variable.
 python -c "import settings" || exit 2
 
+USER_ID=$(id -u)
 RET_CONNECT=3  # dramatiq's exit code when it cannot connect to the broker
 stopping=0
 pids=()
@@ -29,12 +31,16 @@ metrics_port() {
 
 supervise() {
   local channel=$1 delay=1 child code
+  # Each channel's processes share one multiprocess directory, emptied at start so that the
+  # counters of processes from an earlier run are not summed in.
+  local metrics_dir="${TMPDIR:-/tmp}/notification-metrics-$USER_ID-$channel"
   trap 'kill -TERM "$child" 2>/dev/null; wait "$child"; exit 0' TERM INT
   while :; do
-    dramatiq_prom_port=$(metrics_port "$channel") dramatiq actors.worker \
+    rm -rf "$metrics_dir" && mkdir -p "$metrics_dir"
+    dramatiq_prom_db="$metrics_dir" dramatiq_prom_port=$(metrics_port "$channel") dramatiq actors.worker \
       --queues "$channel" \
       --processes "${WORKER_PROCESSES:-1}" \
-      --threads "${WORKER_THREADS:-8}" &
+      --threads "${WORKER_THREADS:-8}" 2>&1 &
     child=$!
     wait "$child"
     code=$?

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from typing import Any
 
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
+import logs
 import settings
 from actors import dispatch
+from api import prometheus
 from api.scheduling import plan_delivery
 from api.schemas import (
     AcceptedResponse,
@@ -22,6 +25,8 @@ from api.schemas import (
 )
 from storage import notifications as store
 from storage.clock import to_db
+
+logger = logging.getLogger(__name__)
 
 blp = Blueprint(
     "notifications", __name__, url_prefix="/notifications", description="Push and email notifications"
@@ -47,6 +52,9 @@ def _accept(channel: str, fields: dict[str, Any]) -> dict[str, Any]:
         **fields,
     )
     dispatch.wake_schedulers()
+    prometheus.ACCEPTED.labels(channel).inc()
+    with logs.context(str(notification.id), channel):
+        logger.info("Accepted, due %s", plan.due_at.isoformat())
     return {
         "status": "success",
         "notification_id": notification.id,
