@@ -47,6 +47,13 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     api.register_blueprint(notifications.blp)
     api.register_blueprint(health.blp)
     api.register_blueprint(metrics.blp)
+    from api import dashboard
+
+    app.register_blueprint(dashboard.blp)
+    if actors.REDIS:
+        from api.dashboard import dramatiq_dashboard
+
+        dramatiq_dashboard.mount(app, actors.broker)
 
     @app.get("/docs/static/<path:filename>")
     def swagger_ui_static(filename: str):

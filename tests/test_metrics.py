@@ -20,17 +20,17 @@ from storage.clock import utcnow
 
 def make(channel="push", **extra):
     now = utcnow()
-    return store.create(
-        host="api-1",
-        channel=channel,
-        recipient_id="r1",
-        content="hello",
-        timezone="UTC",
-        scheduled_time=now,
-        appropriate_delivery=True,
-        due_at=now,
+    fields = {
+        "channel": channel,
+        "recipient_id": "r1",
+        "content": "hello",
+        "timezone": "UTC",
+        "scheduled_time": now,
+        "appropriate_delivery": True,
+        "due_at": now,
         **extra,
-    )
+    }
+    return store.create(host="api-1", **fields)
 
 
 def settle(notification, **changes):
