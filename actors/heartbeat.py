@@ -35,7 +35,8 @@ class Heartbeat(dramatiq.Middleware):
         self._started_at = utcnow()
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        self._queues = ",".join(sorted(worker.consumer_whitelist or broker.get_declared_queues()))
+        consumed = worker.consumer_whitelist or broker.get_declared_queues()
+        self._queues = ",".join(sorted(q for q in consumed if not q.endswith((".DQ", ".XQ"))))
         self._started_at = utcnow()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
         self._thread.start()
