@@ -4,12 +4,13 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 5000
 
-.PHONY: run test lint format bench workers clean
+.PHONY: run test lint format bench workers up clean
 
-$(BIN)/.installed: requirements.txt requirements-dev.txt
+$(BIN)/.installed: requirements.txt requirements-dev.txt requirements-dashboard.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements-dev.txt
+	$(BIN)/pip install --quiet --no-deps -r requirements-dashboard.txt
 	touch $@
 
 run: $(BIN)/.installed
@@ -17,6 +18,10 @@ run: $(BIN)/.installed
 
 workers: $(BIN)/.installed
 	PATH=$(BIN):$$PATH ./run_workers.sh
+
+# The whole system as the Procfile describes it (needs BROKER_URL and DATABASE_URL set).
+up: $(BIN)/.installed
+	PATH=$(BIN):$$PATH $(BIN)/honcho start
 
 test: $(BIN)/.installed
 	$(BIN)/pytest -n 2

@@ -3,7 +3,9 @@
 # `./run_workers.sh email` for one. Each channel's worker also runs a scheduler for that channel.
 # Processes and threads come from WORKER_PROCESSES / WORKER_THREADS; SIGTERM finishes the work in
 # flight and stops. A worker that exits abnormally (the broker or the database unreachable at
-# start-up, a crashed process) is restarted with backoff.
+# start-up, a crashed process) is restarted with backoff. Each channel's workers serve their
+# Prometheus metrics on PUSH_METRICS_PORT / EMAIL_METRICS_PORT unless METRICS_ENABLED=false.
+# Logs go to stdout.
 set -u
 cd "$(dirname "$0")"
 
@@ -22,6 +24,7 @@ export dramatiq_worker_timeout=100
 # Validate the configuration once, with a message naming a bad variable.
 python -c "import settings" || exit 2
 
+USER_ID=$(id -u)
 stopping=0
 pids=()
 
@@ -31,13 +34,17 @@ metrics_port() {
 
 supervise() {
   local channel=$1 delay=1 child code started
+  # Each channel's processes share one multiprocess directory, emptied at start so that the
+  # counters of processes from an earlier run are not summed in.
+  local metrics_dir="${TMPDIR:-/tmp}/notification-metrics-$USER_ID-$channel"
   trap 'kill -TERM "$child" 2>/dev/null; wait "$child"; exit 0' TERM INT
   while :; do
     started=$SECONDS
-    dramatiq_prom_port=$(metrics_port "$channel") dramatiq actors.worker \
+    rm -rf "$metrics_dir" && mkdir -p "$metrics_dir"
+    dramatiq_prom_db="$metrics_dir" dramatiq_prom_port=$(metrics_port "$channel") dramatiq actors.worker \
       --queues "$channel" \
       --processes "${WORKER_PROCESSES:-1}" \
-      --threads "${WORKER_THREADS:-8}" &
+      --threads "${WORKER_THREADS:-8}" 2>&1 &
     child=$!
     wait "$child"
     code=$?

@@ -104,6 +104,11 @@ WORKER_PROCESSES: int = _int("WORKER_PROCESSES", 1, minimum=1, maximum=64)
 WORKER_THREADS: int = _int("WORKER_THREADS", 8, minimum=1, maximum=256)
 
 METRICS_ENABLED: bool = _bool("METRICS_ENABLED", True)
+# Where gunicorn's workers keep the API's Prometheus metrics so that any of them can report the sum
+# (prometheus_client reads the same variable); empty: one process, metrics in memory.
+PROMETHEUS_MULTIPROC_DIR: str = _env("PROMETHEUS_MULTIPROC_DIR", "")
+# How often each worker process records that it is alive, and how many messages it holds.
+WORKER_HEARTBEAT_INTERVAL: float = _float("WORKER_HEARTBEAT_INTERVAL", 10.0, minimum=0.1)
 PUSH_METRICS_PORT: int = _int("PUSH_METRICS_PORT", 5001, minimum=1, maximum=65535)
 EMAIL_METRICS_PORT: int = _int("EMAIL_METRICS_PORT", 5002, minimum=1, maximum=65535)
 

@@ -31,6 +31,7 @@ broker.add_middleware(CurrentMessage())
 dramatiq.set_broker(broker)
 
 EMBEDDED: bool = isinstance(broker, StubBroker)
+REDIS: bool = hasattr(broker, "client")  # RedisBroker; RabbitMQ otherwise, unless EMBEDDED
 
 
 def ping() -> None:

@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
+import logs
 import settings
 import storage
 from actors import EMBEDDED, broker
 from actors import delivery as delivery  # registers the actors
+from actors.heartbeat import Heartbeat
+from actors.logcontext import LogContext
 from actors.scheduler import SchedulerMiddleware
 
-logging.basicConfig(
-    level=settings.LOG_LEVEL,
-    format=f"%(asctime)s %(levelname)s [{settings.HOSTNAME}] %(name)s: %(message)s",
-)
+# Replaces Dramatiq's own format; in a worker process stderr is the pipe to Dramatiq's main process.
+logs.configure(sys.stderr, replace=True)
 if EMBEDDED:
     sys.exit("BROKER_URL is not set: without a broker the web process delivers notifications itself.")
 
 storage.configure(settings.DATABASE_URL)
+broker.add_middleware(LogContext())
 broker.add_middleware(SchedulerMiddleware())
+broker.add_middleware(Heartbeat())
 if settings.METRICS_ENABLED:
     from dramatiq.middleware.prometheus import Prometheus
 
+    from actors.metrics import DeliveryMetrics
+
     broker.add_middleware(Prometheus())
+    broker.add_middleware(DeliveryMetrics())

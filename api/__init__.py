@@ -12,6 +12,7 @@ from flask import Flask, send_from_directory
 from flask_smorest import Api
 from werkzeug.exceptions import ServiceUnavailable
 
+import logs
 import settings
 import storage
 
@@ -37,15 +38,23 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     )
     if test_config:
         app.config.update(test_config)
-    logging.basicConfig(level=settings.LOG_LEVEL, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure()
 
     storage.init_app(app)
 
     api = Api(app)
-    from api import health, notifications
+    from api import health, metrics, notifications, prometheus
 
     api.register_blueprint(notifications.blp)
     api.register_blueprint(health.blp)
+    api.register_blueprint(metrics.blp)
+    from api import dashboard
+
+    app.register_blueprint(dashboard.blp)
+    if actors.REDIS:
+        from api.dashboard import dramatiq_dashboard
+
+        dramatiq_dashboard.mount(app, actors.broker)
 
     @app.get("/docs/static/<path:filename>")
     def swagger_ui_static(filename: str):
@@ -61,15 +70,23 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         return api.handle_http_exception(unavailable)
 
     if app.config["RUN_WORKERS"]:
-        _start_embedded_workers()
+        from actors.metrics import DeliveryMetrics
+
+        delivery_metrics = DeliveryMetrics()
+        prometheus.init_app(app, *delivery_metrics.metrics.collectors())
+        _start_embedded_workers(delivery_metrics)
+    else:
+        prometheus.init_app(app)
     return app
 
 
-def _start_embedded_workers() -> None:
+def _start_embedded_workers(*middleware: Any) -> None:
     """Run the actors and a scheduler in this process, on the in-process broker."""
     import dramatiq
 
     from actors import broker, delivery  # noqa: F401  (registers the actors)
+    from actors.heartbeat import Heartbeat
+    from actors.logcontext import LogContext
     from actors.scheduler import SchedulerMiddleware
     from storage import notifications
 
@@ -77,7 +94,8 @@ def _start_embedded_workers() -> None:
     released = notifications.release_all_dispatches()
     if released:
         logger.info("Re-dispatching %d notifications accepted before the restart", released)
-    broker.add_middleware(SchedulerMiddleware())
+    for extra in (LogContext(), SchedulerMiddleware(), Heartbeat(), *middleware):
+        broker.add_middleware(extra)
     worker = dramatiq.Worker(broker, worker_threads=settings.WORKER_THREADS, worker_timeout=100)
     worker.start()
     atexit.register(worker.stop)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from typing import Any
 
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
+import logs
 import settings
 from actors import dispatch
+from api import prometheus
 from api.scheduling import plan_delivery
 from api.schemas import (
     AcceptedResponse,
@@ -24,6 +27,8 @@ from api.schemas import (
 )
 from storage import notifications as store
 from storage.clock import to_db
+
+logger = logging.getLogger(__name__)
 
 blp = Blueprint(
     "notifications", __name__, url_prefix="/notifications", description="Push and email notifications"
@@ -64,6 +69,9 @@ def _accept(channel: str, fields: dict[str, Any]) -> dict[str, Any]:
     notification = store.create(host=settings.HOSTNAME, wake=wake, **row)
     if wake:
         dispatch.wake_schedulers()
+    prometheus.ACCEPTED.labels(channel).inc()
+    with logs.context(str(notification.id), channel):
+        logger.info("Accepted, due %s", row["due_at"].isoformat())
     return {
         "status": "success",
         "notification_id": notification.id,

@@ -27,8 +27,19 @@ def _create_v1(database: peewee.Database) -> None:
     database.create_tables([Notification, NotificationEvent], safe=True)
 
 
+def _add_worker_processes(database: peewee.Database) -> None:
+    from storage.workers import WorkerProcess
+
+    database.create_tables([WorkerProcess], safe=True)
+    # Counts by status and channel, the schedule per channel and a queue's page, read from the index.
+    database.execute_sql(
+        "CREATE INDEX IF NOT EXISTS notification_status_channel_due_at"
+        " ON notification (status, channel, due_at)"
+    )
+
+
 # Append only: each entry brings the schema from its index to its index + 1.
-MIGRATIONS: list[Callable[[peewee.Database], None]] = [_create_v1]
+MIGRATIONS: list[Callable[[peewee.Database], None]] = [_create_v1, _add_worker_processes]
 
 
 def migrate(database: peewee.Database) -> int:

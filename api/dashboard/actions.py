@@ -1,0 +1,75 @@
+"""The dashboard's actions: retry a failed notification, cancel a scheduled one, handle dead letters."""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import urlencode, urlsplit
+
+import pika.exceptions
+from flask import redirect, request, url_for
+
+import logs
+import settings
+from actors import broker, dispatch, queues
+from api.dashboard import blp
+from storage import notifications as store
+
+logger = logging.getLogger(__name__)
+
+
+def _back(notice: str, fallback: str):
+    """Redirect to the page the form was on (never off the dashboard), saying what happened."""
+    target = request.form.get("next", "")
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not parts.path.startswith(blp.url_prefix + "/"):
+        target = fallback
+    separator = "&" if "?" in target else "?"
+    return redirect(f"{target}{separator}{urlencode({'notice': notice})}", code=303)
+
+
+def _transition(action, notification_id, **kwargs) -> tuple[store.Notification | None, str]:
+    try:
+        return action(notification_id, **kwargs), ""
+    except store.NotificationNotFound:
+        return None, f"Notification {notification_id} not found."
+    except store.TransitionConflict as exc:
+        return None, str(exc)
+
+
+@blp.post("/notifications/<uuid:notification_id>/retry")
+def retry(notification_id):
+    fallback = url_for("dashboard.notification", notification_id=notification_id)
+    notification, problem = _transition(
+        store.force, notification_id, host=settings.HOSTNAME, lease=settings.DISPATCH_LEASE
+    )
+    if notification is None:
+        return _back(problem, fallback)
+    dispatch.send_now(notification)
+    with logs.context(str(notification_id), notification.channel):
+        logger.info("Retry requested from the dashboard")
+    return _back(f"Notification {notification_id} will be retried now.", fallback)
+
+
+@blp.post("/notifications/<uuid:notification_id>/cancel")
+def cancel(notification_id):
+    fallback = url_for("dashboard.notification", notification_id=notification_id)
+    notification, problem = _transition(store.cancel, notification_id, host=settings.HOSTNAME)
+    if notification is None:
+        return _back(problem, fallback)
+    with logs.context(str(notification_id), notification.channel):
+        logger.info("Cancelled from the dashboard")
+    return _back(f"Notification {notification_id} cancelled.", fallback)
+
+
+@blp.post("/queues/<any(push, email):channel>/dead/<any(requeue, drop):action>")
+def dead_letters(channel: str, action: str):
+    message_id = request.form.get("message_id") or None
+    fallback = url_for("dashboard.queue", channel=channel, tab="dead")
+    handle = queues.requeue_dead if action == "requeue" else queues.drop_dead
+    try:
+        count = handle(broker, channel, message_id)
+    except (pika.exceptions.AMQPError, OSError) as exc:
+        return _back(f"The broker is unavailable: {exc or repr(exc)}", fallback)
+    verb = "requeued" if action == "requeue" else "dropped"
+    logger.info("%s %d dead-lettered messages of %s from the dashboard", verb.capitalize(), count, channel)
+    return _back(f"{count} dead-lettered message{'s' if count != 1 else ''} {verb}.", fallback)

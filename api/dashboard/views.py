@@ -1,0 +1,124 @@
+"""The dashboard's pages: the overview, a queue's notifications, one notification."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import defaultdict
+
+import peewee
+import pika.exceptions
+from flask import abort, render_template, request
+
+import actors
+import settings
+from actors import queues
+from api.dashboard import blp, charts
+from storage import browse, events, metrics, workers
+from storage import notifications as store
+from storage.clock import utcnow
+
+logger = logging.getLogger(__name__)
+
+TABS = {"scheduled": store.PENDING, "processing": store.PROCESSING, "failed": store.FAILED}
+PAGE_SIZE = 25
+TIMELINE_HOURS = 24
+
+
+def _broker_stats() -> tuple[list[queues.QueueStats], str | None]:
+    try:
+        return queues.stats(actors.broker, list(store.CHANNELS)), None
+    except (pika.exceptions.AMQPError, OSError) as exc:
+        logger.warning("Broker unavailable to the dashboard: %s", exc)
+        return [queues.QueueStats(c, None, None, None, None) for c in store.CHANNELS], str(exc) or repr(exc)
+
+
+def _timeline(now: dt.datetime) -> list[charts.Chart]:
+    first = now.replace(minute=0, second=0, microsecond=0) - dt.timedelta(hours=TIMELINE_HOURS - 1)
+    hours = [first + dt.timedelta(hours=i) for i in range(TIMELINE_HOURS)]
+    counts: dict[str, dict[tuple[dt.datetime, str], int]] = defaultdict(dict)
+    for hour, channel, status, count in metrics.timeline(first):
+        counts[channel][(hour, metrics.STATUS_NAMES[status])] = count
+    return [charts.stacked_hours(channel, counts[channel], hours) for channel in store.CHANNELS]
+
+
+@blp.context_processor
+def _now() -> dict[str, dt.datetime]:
+    return {"now": utcnow()}
+
+
+@blp.get("/")
+def overview():
+    now = utcnow()
+    stats, broker_error = _broker_stats()
+    return render_template(
+        "dashboard/overview.html",
+        queues=stats,
+        broker_error=broker_error,
+        broker_kind="redis" if actors.REDIS else "embedded" if actors.EMBEDDED else "rabbitmq",
+        outlook=metrics.schedule_outlook(now),
+        workers=workers.hosts(),
+        stale_after=dt.timedelta(seconds=3 * settings.WORKER_HEARTBEAT_INTERVAL),
+        charts=_timeline(now),
+        statuses=charts.STATUS_ORDER,
+    )
+
+
+@blp.get("/queues/<any(push, email):channel>")
+def queue(channel: str):
+    tab = request.args.get("tab", "scheduled")
+    page_number = request.args.get("page", 1, type=int)
+    stats, broker_error = _broker_stats()
+    page = dead = None
+    if tab == "dead":
+        try:
+            dead = queues.dead_letters(actors.broker, channel)
+        except (pika.exceptions.AMQPError, OSError) as exc:
+            broker_error = str(exc) or repr(exc)
+    elif tab in TABS:
+        page = browse.page(channel, TABS[tab], page_number, PAGE_SIZE)
+    else:
+        abort(404)
+    return render_template(
+        "dashboard/queue.html",
+        channel=channel,
+        tab=tab,
+        tabs=[*TABS, "dead"],
+        stats=next(s for s in stats if s.name == channel),
+        broker_error=broker_error,
+        page=page,
+        dead=dead,
+    )
+
+
+@blp.get("/notifications/<uuid:notification_id>")
+def notification(notification_id):
+    try:
+        found = store.get(notification_id)
+    except store.NotificationNotFound:
+        abort(404, description=f"Notification {notification_id} not found.")
+    return render_template(
+        "dashboard/notification.html", n=found, history=list(events.history(notification_id))
+    )
+
+
+@blp.errorhandler(peewee.OperationalError)
+def _database_unavailable(exc: Exception):
+    logger.error("Database unavailable to the dashboard: %s", exc)
+    return render_template("dashboard/error.html", message="The database is unavailable."), 503
+
+
+@blp.app_template_filter("relative")
+def relative(moment: dt.datetime | None, now: dt.datetime) -> str:
+    """'in 5 min', '3 h ago': a stored UTC time against ``now``."""
+    if moment is None:
+        return "—"
+    seconds = (moment - now).total_seconds()
+    size = abs(seconds)
+    for unit, length in (("d", 86400), ("h", 3600), ("min", 60)):
+        if size >= length:
+            amount = f"{int(size // length)} {unit}"
+            break
+    else:
+        amount = f"{int(size)} s"
+    return f"in {amount}" if seconds > 0 else f"{amount} ago"
