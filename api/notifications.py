@@ -119,6 +119,8 @@ class NotificationBatch(MethodView):
         ids = store.create_many(rows, host=settings.HOSTNAME, wake=wake)
         if wake:
             dispatch.wake_schedulers()
+        for row in rows:
+            prometheus.ACCEPTED.labels(row["channel"]).inc()
         return {
             "status": "success",
             "count": len(ids),
