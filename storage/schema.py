@@ -27,8 +27,18 @@ def _create_v1(database: peewee.Database) -> None:
     database.create_tables([Notification, NotificationEvent], safe=True)
 
 
+def _create_v2_request_guards(database: peewee.Database) -> None:
+    from storage.idempotency import IdempotentRequest
+    from storage.ratelimit import RateLimitWindow
+
+    database.create_tables([IdempotentRequest, RateLimitWindow], safe=True)
+
+
 # Append only: each entry brings the schema from its index to its index + 1.
-MIGRATIONS: list[Callable[[peewee.Database], None]] = [_create_v1]
+MIGRATIONS: list[Callable[[peewee.Database], None]] = [
+    _create_v1,
+    _create_v2_request_guards,
+]
 
 
 def migrate(database: peewee.Database) -> int:
