@@ -10,6 +10,8 @@ from flask_smorest import Blueprint, abort
 
 import settings
 from actors import dispatch
+from api.idempotency import idempotent
+from api.limits import JsonParser
 from api.scheduling import plan_delivery
 from api.schemas import (
     AcceptedResponse,
@@ -26,6 +28,7 @@ from storage.clock import to_db
 blp = Blueprint(
     "notifications", __name__, url_prefix="/notifications", description="Push and email notifications"
 )
+blp.ARGUMENTS_PARSER = JsonParser()
 
 
 def _accept(channel: str, fields: dict[str, Any]) -> dict[str, Any]:
@@ -66,8 +69,10 @@ def _found(action, notification_id, **kwargs):
 
 @blp.route("/push")
 class PushNotifications(MethodView):
+    @idempotent(blp)
     @blp.arguments(PushRequest)
     @blp.response(202, AcceptedResponse)
+    @blp.alt_response(413, response="REQUEST_ENTITY_TOO_LARGE")
     def post(self, fields):
         """Schedule a push notification"""
         return _accept("push", fields)
@@ -75,8 +80,10 @@ class PushNotifications(MethodView):
 
 @blp.route("/email")
 class EmailNotifications(MethodView):
+    @idempotent(blp)
     @blp.arguments(EmailRequest)
     @blp.response(202, AcceptedResponse)
+    @blp.alt_response(413, response="REQUEST_ENTITY_TOO_LARGE")
     def post(self, fields):
         """Schedule an email notification"""
         return _accept("email", fields)
@@ -96,6 +103,7 @@ class Notifications(MethodView):
 @blp.route("/<uuid:notification_id>")
 class NotificationById(MethodView):
     @blp.response(200, NotificationSchema)
+    @blp.alt_response(404, response="NOT_FOUND")
     def get(self, notification_id):
         """Get one notification and its status"""
         return _found(store.get, notification_id)
@@ -103,7 +111,10 @@ class NotificationById(MethodView):
 
 @blp.route("/<uuid:notification_id>/force")
 class ForceNotification(MethodView):
+    @idempotent(blp)
     @blp.response(200, ActionResponse)
+    @blp.alt_response(404, response="NOT_FOUND")
+    @blp.alt_response(409, response="CONFLICT")
     def post(self, notification_id):
         """Deliver now, ignoring schedule and appropriate hours"""
         notification = _found(
@@ -120,7 +131,10 @@ class ForceNotification(MethodView):
 
 @blp.route("/<uuid:notification_id>/cancel")
 class CancelNotification(MethodView):
+    @idempotent(blp)
     @blp.response(200, ActionResponse)
+    @blp.alt_response(404, response="NOT_FOUND")
+    @blp.alt_response(409, response="CONFLICT")
     def post(self, notification_id):
         """Cancel a notification before delivery"""
         notification = _found(store.cancel, notification_id, host=settings.HOSTNAME)
