@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import email
+import email.message
 import json
+import socket
 
 import pytest
+from aiosmtpd.controller import Controller
 
 from actors.providers import Envelope
-from actors.providers.smtp import build_message
+from actors.providers.smtp import SmtpProvider
 from storage import notifications as store
 
 PUSH = {"recipient_id": "user123", "content": "hello"}
@@ -91,7 +95,31 @@ def test_a_printable_unicode_recipient_is_accepted(client):
     )
 
 
-def test_a_subject_cannot_add_headers_to_the_email(app, client):
+class CollectingSmtpServer:
+    """An SMTP server keeping what it receives: (envelope recipients, parsed message)."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[list[str], email.message.Message]] = []
+
+    async def handle_DATA(self, server, session, envelope):
+        self.received.append((envelope.rcpt_tos, email.message_from_bytes(envelope.content)))
+        return "250 OK"
+
+
+@pytest.fixture
+def smtp_server():
+    handler = CollectingSmtpServer()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield f"smtp://127.0.0.1:{port}", handler
+    controller.stop()
+
+
+def test_a_subject_cannot_add_headers_to_the_smtp_conversation(app, client, smtp_server):
+    url, server = smtp_server
     injected = "Invoice\r\nBcc: victim@example.org\r\n\r\nforged body"
     response = client.post(
         "/notifications/email", json={"recipient_id": "user@example.com", "content": "x", "subject": injected}
@@ -100,9 +128,13 @@ def test_a_subject_cannot_add_headers_to_the_email(app, client):
     with app.app_context():
         stored = store.get(response.json["notification_id"])
     assert stored.subject == "Invoice Bcc: victim@example.org forged body"
-    # And the provider folds what might reach it by any other way, as it goes onto the wire.
-    envelope = Envelope(stored.id.hex, "email", stored.recipient_id, "x", subject=injected)
-    wire = build_message(envelope, "notifications@localhost").as_bytes()
-    headers = wire.split(b"\n\n", 1)[0].decode()
-    assert "Bcc" not in [line.split(":", 1)[0] for line in headers.splitlines()]
-    assert headers.count("Subject:") == 1
+    provider = SmtpProvider(url, "notifications@localhost", timeout=5)
+    provider.deliver(Envelope(str(stored.id), "email", stored.recipient_id, stored.content, stored.subject))
+    # Whatever reaches the provider by another way is folded again as it goes onto the wire.
+    provider.deliver(Envelope(str(stored.id), "email", stored.recipient_id, stored.content, injected))
+    for recipients, message in server.received:
+        assert recipients == ["user@example.com"]
+        assert message["Bcc"] is None
+        assert message.get_all("Subject") == ["Invoice Bcc: victim@example.org forged body"]
+        assert message.get_payload().strip() == "x"
+    assert len(server.received) == 2
