@@ -131,7 +131,9 @@ class SmtpProvider:
                 context=self.ssl_context,
             )
         else:
-            smtp = smtplib.SMTP(self.host, self.port, local_hostname=self._local_hostname, timeout=self.timeout)
+            smtp = smtplib.SMTP(
+                self.host, self.port, local_hostname=self._local_hostname, timeout=self.timeout
+            )
         if self.scheme == "smtp+starttls":
             try:
                 smtp.starttls(context=self.ssl_context)
