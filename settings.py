@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -56,6 +57,31 @@ def _url(name: str, default: str, schemes: tuple[str, ...], *, fallback: str | N
     return value
 
 
+def _api_keys(name: str) -> tuple[str, ...]:
+    """Comma-separated keys, each plain or ``sha256:<64 hex digits>``; empty means no keys."""
+    keys = tuple(key.strip() for key in _env(name, "").split(",") if key.strip())
+    for key in keys:
+        if key.startswith("sha256:") and not re.fullmatch(r"sha256:[0-9a-fA-F]{64}", key):
+            raise SettingsError(f"{name} has a sha256: entry that is not 64 hex digits")
+    return keys
+
+
+_PERIODS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+
+
+def _rate(name: str) -> tuple[int, int] | None:
+    """``<count>/<second|minute|hour|day>`` as (count, seconds); empty means no limit."""
+    raw = _env(name, "")
+    if not raw:
+        return None
+    count, _, period = raw.partition("/")
+    if not count.strip().isdigit() or int(count) < 1 or period.strip().lower() not in _PERIODS:
+        raise SettingsError(
+            f"{name} must look like 1000/minute (per second, minute, hour or day), got {raw!r}"
+        )
+    return int(count), _PERIODS[period.strip().lower()]
+
+
 DATABASE_URL: str = _url(
     "DATABASE_URL", "sqlite:///var/notifications.db", ("sqlite", "postgres", "postgresql")
 )
@@ -96,6 +122,17 @@ SMTP_TIMEOUT: float = _float("SMTP_TIMEOUT", 30.0, minimum=0.1)
 PUSH_WEBHOOK_URL: str = _url("PUSH_WEBHOOK_URL", "", ("http", "https"))
 PUSH_TIMEOUT: float = _float("PUSH_TIMEOUT", 10.0, minimum=0.1)
 OUTBOX_DIR: str = _env("OUTBOX_DIR", "var/outbox")
+
+# Access: with API keys set, every endpoint but /health needs one (never logged, compared in constant time).
+API_KEYS: tuple[str, ...] = _api_keys("API_KEYS")
+# HTTP Basic password for /dashboard, accepted besides the API keys; empty means keys only.
+DASHBOARD_PASSWORD: str = _env("DASHBOARD_PASSWORD", "")
+# Requests per API key (per client address without keys), as (count, window seconds); None is no limit.
+RATE_LIMIT: tuple[int, int] | None = _rate("RATE_LIMIT")
+# What a client may send: the whole body, and the push `data` object serialised and nested.
+MAX_REQUEST_BYTES: int = _int("MAX_REQUEST_BYTES", 2 * 1024 * 1024, minimum=16 * 1024, maximum=64 * 1024 * 1024)
+MAX_DATA_BYTES: int = _int("MAX_DATA_BYTES", 4096, minimum=2, maximum=1024 * 1024)
+MAX_DATA_DEPTH: int = _int("MAX_DATA_DEPTH", 5, minimum=1, maximum=32)
 
 PORT: int = _int("PORT", 5000, minimum=1, maximum=65535)
 WEB_CONCURRENCY: int = _int("WEB_CONCURRENCY", 2, minimum=1, maximum=64)

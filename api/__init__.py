@@ -34,7 +34,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="/docs",
         OPENAPI_SWAGGER_UI_URL="/docs/static/",
-        MAX_CONTENT_LENGTH=1024 * 1024,
+        MAX_CONTENT_LENGTH=settings.MAX_REQUEST_BYTES,
+        API_KEYS=settings.API_KEYS,
+        DASHBOARD_PASSWORD=settings.DASHBOARD_PASSWORD,
+        RATE_LIMIT=settings.RATE_LIMIT,
+        MAX_DATA_BYTES=settings.MAX_DATA_BYTES,
+        MAX_DATA_DEPTH=settings.MAX_DATA_DEPTH,
     )
     if test_config:
         app.config.update(test_config)
@@ -42,8 +47,14 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     storage.init_app(app)
 
-    api = Api(app)
-    from api import health, metrics, notifications, prometheus
+    from api import auth, health, metrics, notifications, prometheus, ratelimit
+
+    # Authentication first: the rate limit counts per API key.
+    auth.init_app(app)
+    ratelimit.init_app(app)
+    guards = [auth.SecurityDocs()] if app.config["API_KEYS"] else []
+    guards += [ratelimit.RateLimitDocs()] if app.config["RATE_LIMIT"] else []
+    api = Api(app, spec_kwargs={"extra_plugins": guards})
 
     api.register_blueprint(notifications.blp)
     api.register_blueprint(health.blp)

@@ -13,6 +13,8 @@ import logs
 import settings
 from actors import dispatch
 from api import prometheus
+from api.idempotency import idempotent
+from api.limits import JsonParser
 from api.scheduling import plan_delivery
 from api.schemas import (
     AcceptedResponse,
@@ -33,6 +35,7 @@ logger = logging.getLogger(__name__)
 blp = Blueprint(
     "notifications", __name__, url_prefix="/notifications", description="Push and email notifications"
 )
+blp.ARGUMENTS_PARSER = JsonParser()
 
 
 def _row(channel: str, fields: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
@@ -91,8 +94,10 @@ def _found(action, notification_id, **kwargs):
 
 @blp.route("/push")
 class PushNotifications(MethodView):
+    @idempotent(blp)
     @blp.arguments(PushRequest)
     @blp.response(202, AcceptedResponse)
+    @blp.alt_response(413, response="REQUEST_ENTITY_TOO_LARGE")
     def post(self, fields):
         """Schedule a push notification"""
         return _accept("push", fields)
@@ -100,8 +105,10 @@ class PushNotifications(MethodView):
 
 @blp.route("/email")
 class EmailNotifications(MethodView):
+    @idempotent(blp)
     @blp.arguments(EmailRequest)
     @blp.response(202, AcceptedResponse)
+    @blp.alt_response(413, response="REQUEST_ENTITY_TOO_LARGE")
     def post(self, fields):
         """Schedule an email notification"""
         return _accept("email", fields)
@@ -109,8 +116,10 @@ class EmailNotifications(MethodView):
 
 @blp.route("/batch")
 class NotificationBatch(MethodView):
+    @idempotent(blp)
     @blp.arguments(BatchRequest)
     @blp.response(202, BatchResponse)
+    @blp.alt_response(413, response="REQUEST_ENTITY_TOO_LARGE")
     def post(self, batch):
         """Schedule up to 1000 notifications at once, all or none"""
         now = dt.datetime.now(dt.UTC)
@@ -143,6 +152,7 @@ class Notifications(MethodView):
 @blp.route("/<uuid:notification_id>")
 class NotificationById(MethodView):
     @blp.response(200, NotificationSchema)
+    @blp.alt_response(404, response="NOT_FOUND")
     def get(self, notification_id):
         """Get one notification and its status"""
         return _found(store.get, notification_id)
@@ -150,7 +160,10 @@ class NotificationById(MethodView):
 
 @blp.route("/<uuid:notification_id>/force")
 class ForceNotification(MethodView):
+    @idempotent(blp)
     @blp.response(200, ActionResponse)
+    @blp.alt_response(404, response="NOT_FOUND")
+    @blp.alt_response(409, response="CONFLICT")
     def post(self, notification_id):
         """Deliver now, ignoring schedule and appropriate hours"""
         notification = _found(
@@ -167,7 +180,10 @@ class ForceNotification(MethodView):
 
 @blp.route("/<uuid:notification_id>/cancel")
 class CancelNotification(MethodView):
+    @idempotent(blp)
     @blp.response(200, ActionResponse)
+    @blp.alt_response(404, response="NOT_FOUND")
+    @blp.alt_response(409, response="CONFLICT")
     def post(self, notification_id):
         """Cancel a notification before delivery"""
         notification = _found(store.cancel, notification_id, host=settings.HOSTNAME)

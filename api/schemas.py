@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo, available_timezones
 from marshmallow import Schema, ValidationError, fields, post_load, validate, validates
 
 import settings
+from api.limits import Text, bounded_json, printable
 from storage.clock import from_db
 from storage.notifications import CHANNELS, STATUSES, Notification
 
@@ -33,8 +34,8 @@ class TimezoneField(fields.String):
 
 
 class NotificationRequest(Schema):
-    recipient_id = fields.String(required=True, validate=validate.Length(min=1, max=255))
-    content = fields.String(required=True, validate=validate.Length(min=1, max=MAX_CONTENT))
+    recipient_id = Text(required=True, validate=[validate.Length(min=1, max=255), printable])
+    content = Text(required=True, validate=validate.Length(min=1, max=MAX_CONTENT))
     timezone = TimezoneField(load_default=lambda: ZoneInfo(settings.DEFAULT_TIMEZONE))
     scheduled_time = fields.DateTime(
         load_default=None,
@@ -58,8 +59,16 @@ class NotificationRequest(Schema):
 
 
 class PushRequest(NotificationRequest):
-    title = fields.String(validate=validate.Length(max=255), load_default=None)
-    data = fields.Dict(keys=fields.String(), load_default=None)
+    title = Text(validate=validate.Length(max=255), load_default=None)
+    data = fields.Dict(
+        keys=fields.String(),
+        load_default=None,
+        validate=bounded_json,
+        metadata={
+            "description": f"a JSON object of at most {settings.MAX_DATA_BYTES} bytes, "
+            f"nested at most {settings.MAX_DATA_DEPTH} levels"
+        },
+    )
 
 
 class EmailRequest(NotificationRequest):
@@ -68,7 +77,7 @@ class EmailRequest(NotificationRequest):
         validate=validate.Length(min=3, max=254),
         metadata={"description": "The recipient's email address"},
     )
-    subject = fields.String(validate=validate.Length(max=255), load_default=None)
+    subject = Text(validate=validate.Length(max=255), load_default=None)
 
     @post_load
     def _fold_subject(self, data: dict, **_kwargs) -> dict:
@@ -122,10 +131,12 @@ def _iso(value: dt.datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
 
-def _utc(column: str) -> fields.Function:
+def _utc(column: str, *, nullable: bool = False) -> fields.Function:
     """A stored UTC column, as ISO 8601 with ``+00:00``."""
     return fields.Function(
-        lambda n: _iso(from_db(getattr(n, column))), metadata={"type": "string", "format": "date-time"}
+        lambda n: _iso(from_db(getattr(n, column))),
+        allow_none=nullable,
+        metadata={"type": "string", "format": "date-time"},
     )
 
 
@@ -152,7 +163,7 @@ class NotificationSchema(Schema):
     local_scheduled_time = _local("scheduled_time")
     appropriate_delivery = fields.Boolean()
     estimated_delivery_time = _local("due_at")
-    delivered_at = _utc("delivered_at")
+    delivered_at = _utc("delivered_at", nullable=True)
     attempt_count = fields.Integer()
     last_error = fields.String(allow_none=True)
     forced = fields.Boolean()
@@ -169,7 +180,7 @@ class NotificationList(Schema):
 class ListArgs(Schema):
     status = fields.String(metadata={"enum": list(STATUSES), "description": "case-insensitive"})
     channel = fields.String(validate=validate.OneOf(CHANNELS))
-    recipient_id = fields.String(validate=validate.Length(max=320))
+    recipient_id = Text(validate=validate.Length(max=320))
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=1000))
     offset = fields.Integer(load_default=0, validate=validate.Range(min=0, max=10_000_000))
 

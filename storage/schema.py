@@ -38,8 +38,19 @@ def _add_worker_processes(database: peewee.Database) -> None:
     )
 
 
+def _add_request_guards(database: peewee.Database) -> None:
+    from storage.idempotency import IdempotentRequest
+    from storage.ratelimit import RateLimitWindow
+
+    database.create_tables([IdempotentRequest, RateLimitWindow], safe=True)
+
+
 # Append only: each entry brings the schema from its index to its index + 1.
-MIGRATIONS: list[Callable[[peewee.Database], None]] = [_create_v1, _add_worker_processes]
+MIGRATIONS: list[Callable[[peewee.Database], None]] = [
+    _create_v1,
+    _add_worker_processes,
+    _add_request_guards,
+]
 
 
 def migrate(database: peewee.Database) -> int:

@@ -1,0 +1,94 @@
+"""Idempotent requests: one row per (client, Idempotency-Key), claimed by a single INSERT.
+
+The unique key decides which of several concurrent retries runs the request; the others read the
+response it stores. A row without a response is a request still in progress.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import peewee
+
+from storage import BaseModel
+from storage.clock import utcnow
+
+
+class IdempotentRequest(BaseModel):
+    id = peewee.BigAutoField()
+    client = peewee.CharField(max_length=80)
+    key = peewee.CharField(max_length=255)
+    # sha256 of method, path and canonical JSON body: the same key must come with the same request.
+    request_hash = peewee.CharField(max_length=64)
+    created_at = peewee.DateTimeField()
+    status_code = peewee.IntegerField(null=True)
+    response_body = peewee.TextField(null=True)
+
+    class Meta:
+        indexes = ((("client", "key"), True), (("created_at",), False))
+
+
+@dataclass(frozen=True)
+class Earlier:
+    """The request that holds a key already: its hash and, once it has finished, its response."""
+
+    request_hash: str
+    status_code: int | None
+    response_body: str | None
+
+
+def claim(client: str, key: str, request_hash: str, *, ttl: float, abandon_after: float) -> int | None:
+    """Take ``key`` for a new request and return the claim's id, or None when another request holds it.
+
+    A holder older than ``ttl`` has expired, and one that stored no response within ``abandon_after``
+    seconds died mid-request; either gives the key up to this claim.
+    """
+    now = utcnow()
+    expired = IdempotentRequest.created_at < now - dt.timedelta(seconds=ttl)
+    abandoned = IdempotentRequest.status_code.is_null() & (
+        IdempotentRequest.created_at < now - dt.timedelta(seconds=abandon_after)
+    )
+    IdempotentRequest.delete().where(
+        (IdempotentRequest.client == client) & (IdempotentRequest.key == key) & (expired | abandoned)
+    ).execute()
+    rows = (
+        IdempotentRequest.insert(client=client, key=key, request_hash=request_hash, created_at=now)
+        .on_conflict_ignore()
+        .returning(IdempotentRequest.id)
+        .tuples()
+        .execute()
+    )
+    rows = list(rows)
+    return rows[0][0] if rows else None
+
+
+def earlier(client: str, key: str, *, ttl: float) -> Earlier | None:
+    """The request holding ``key`` made within ``ttl`` seconds, or None when it has gone since."""
+    newer = IdempotentRequest.created_at >= utcnow() - dt.timedelta(seconds=ttl)
+    row = (
+        IdempotentRequest.select(
+            IdempotentRequest.request_hash, IdempotentRequest.status_code, IdempotentRequest.response_body
+        )
+        .where((IdempotentRequest.client == client) & (IdempotentRequest.key == key) & newer)
+        .tuples()
+        .first()
+    )
+    return None if row is None else Earlier(*row)
+
+
+def complete(claim_id: int, status_code: int, response_body: str) -> None:
+    IdempotentRequest.update(status_code=status_code, response_body=response_body).where(
+        IdempotentRequest.id == claim_id
+    ).execute()
+
+
+def release(claim_id: int) -> None:
+    """Give the key up again: the request ended without a response worth replaying."""
+    IdempotentRequest.delete().where(IdempotentRequest.id == claim_id).execute()
+
+
+def forget_expired(ttl: float) -> int:
+    """Delete the requests made more than ``ttl`` seconds ago; returns how many went."""
+    cutoff = utcnow() - dt.timedelta(seconds=ttl)
+    return IdempotentRequest.delete().where(IdempotentRequest.created_at < cutoff).execute()
