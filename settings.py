@@ -130,7 +130,9 @@ DASHBOARD_PASSWORD: str = _env("DASHBOARD_PASSWORD", "")
 # Requests per API key (per client address without keys), as (count, window seconds); None is no limit.
 RATE_LIMIT: tuple[int, int] | None = _rate("RATE_LIMIT")
 # What a client may send: the whole body, and the push `data` object serialised and nested.
-MAX_REQUEST_BYTES: int = _int("MAX_REQUEST_BYTES", 2 * 1024 * 1024, minimum=16 * 1024, maximum=64 * 1024 * 1024)
+MAX_REQUEST_BYTES: int = _int(
+    "MAX_REQUEST_BYTES", 2 * 1024 * 1024, minimum=16 * 1024, maximum=64 * 1024 * 1024
+)
 MAX_DATA_BYTES: int = _int("MAX_DATA_BYTES", 4096, minimum=2, maximum=1024 * 1024)
 MAX_DATA_DEPTH: int = _int("MAX_DATA_DEPTH", 5, minimum=1, maximum=32)
 

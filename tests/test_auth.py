@@ -23,7 +23,7 @@ def make_app(tmp_path, **config):
     app = create_app(
         {"TESTING": True, "DATABASE_URL": f"sqlite:///{tmp_path}/auth.db", "RUN_WORKERS": False, **config}
     )
-    # What the dashboard blueprint will be; only the path matters to the authentication.
+    # A JSON route under the dashboard's prefix, to see exactly what the authentication lets through.
     app.add_url_rule("/dashboard/probe", "dashboard_probe", lambda: {"ok": True})
     return app
 
@@ -149,3 +149,14 @@ def test_security_settings_are_parsed(python):
         [python, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == f"('a', '{HASHED_ENTRY}') (1000, 60)"
+
+
+def test_the_real_dashboard_pages_are_behind_the_same_guard(tmp_path):
+    client = make_app(tmp_path, API_KEYS=(PLAIN_KEY,), DASHBOARD_PASSWORD="s3cret").test_client()
+    assert client.get("/dashboard/").status_code == 401
+    page = client.get("/dashboard/", headers=basic("s3cret"))
+    assert page.status_code == 200
+    assert b"<html" in page.data.lower()
+    assert (
+        client.post("/dashboard/notifications/00000000-0000-0000-0000-000000000000/cancel").status_code == 401
+    )
