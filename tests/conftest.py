@@ -126,6 +126,15 @@ def client(app):
     return app.test_client()
 
 
+@pytest.fixture
+def push_endpoint():
+    """A real local HTTP endpoint receiving push notifications."""
+    from tests.receivers import PushReceiver
+
+    with PushReceiver() as receiver:
+        yield receiver
+
+
 @pytest.fixture(scope="session")
 def python() -> str:
     return sys.executable

@@ -16,6 +16,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -202,3 +203,10 @@ class TcpRelay:
             with self._lock:
                 self._connections.discard(source)
             source.close()
+
+
+def via(relay: TcpRelay, url: str) -> str:
+    """``url`` with its host and port replaced by the relay's."""
+    parts = urlsplit(url)
+    credentials = f"{parts.username}:{parts.password}@" if parts.password else f"{parts.username}@"
+    return urlunsplit(parts._replace(netloc=f"{credentials}127.0.0.1:{relay.port}"))

@@ -12,15 +12,9 @@ import storage
 from storage import events
 from storage import notifications as store
 from tests.processes import Service, wait_until
-from tests.receivers import PushReceiver, SmtpReceiver
+from tests.receivers import SmtpReceiver
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq]
-
-
-@pytest.fixture
-def push_endpoint():
-    with PushReceiver() as receiver:
-        yield receiver
 
 
 @pytest.fixture

@@ -8,26 +8,13 @@ the server are unaffected.
 from __future__ import annotations
 
 import signal
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from tests.processes import Service, TcpRelay, wait_until
+from tests.processes import Service, TcpRelay, via, wait_until
 from tests.receivers import PushReceiver
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq]
-
-
-@pytest.fixture
-def push_endpoint():
-    with PushReceiver() as receiver:
-        yield receiver
-
-
-def via(relay: TcpRelay, url: str) -> str:
-    parts = urlsplit(url)
-    credentials = f"{parts.username}:{parts.password}@" if parts.password else f"{parts.username}@"
-    return urlunsplit(parts._replace(netloc=f"{credentials}127.0.0.1:{relay.port}"))
 
 
 def accept_batch(service: Service, count: int, prefix: str) -> list[str]:

@@ -16,21 +16,7 @@ import pytest
 from storage import metrics
 from storage import notifications as store
 from storage.clock import utcnow
-
-
-def make(channel="push", **extra):
-    now = utcnow()
-    fields = {
-        "channel": channel,
-        "recipient_id": "r1",
-        "content": "hello",
-        "timezone": "UTC",
-        "scheduled_time": now,
-        "appropriate_delivery": True,
-        "due_at": now,
-        **extra,
-    }
-    return store.create(host="api-1", **fields)
+from tests.factories import make
 
 
 def settle(notification, **changes):

@@ -13,21 +13,7 @@ import storage
 from storage import events
 from storage import notifications as store
 from storage.clock import utcnow
-
-
-def make(*, due_in: float = 0.0, channel: str = "push", **extra) -> store.Notification:
-    now = utcnow()
-    fields = {
-        "channel": channel,
-        "recipient_id": "r1",
-        "content": "hello",
-        "timezone": "UTC",
-        "scheduled_time": now,
-        "appropriate_delivery": True,
-        "due_at": now + dt.timedelta(seconds=due_in),
-        **extra,
-    }
-    return store.create(host="api-1", **fields)
+from tests.factories import make
 
 
 def take(horizon=60.0, lease=600.0, limit=100, channels=None):

@@ -23,7 +23,8 @@ from actors.metrics import DeliveryMetrics
 from storage import notifications as store
 from storage import workers
 from storage.clock import utcnow
-from tests.test_metrics import await_http, free_port, make, sample
+from tests.factories import make
+from tests.test_metrics import await_http, free_port, sample
 
 
 def test_heartbeats_sum_processes_per_host_and_forget_silent_ones(db):

@@ -4,30 +4,16 @@ from __future__ import annotations
 
 import signal
 import threading
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 import storage
 from storage import notifications as store
-from tests.processes import Service, TcpRelay, wait_until
-from tests.receivers import PushReceiver
-from tests.test_storage import make, take
+from tests.factories import make
+from tests.processes import Service, TcpRelay, via, wait_until
+from tests.test_storage import take
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq]
-
-
-@pytest.fixture
-def push_endpoint():
-    with PushReceiver() as receiver:
-        yield receiver
-
-
-def via(relay: TcpRelay, url: str) -> str:
-    parts = urlsplit(url)
-    credentials = f"{parts.username}:{parts.password}@" if parts.password else f"{parts.username}@"
-    netloc = f"{credentials}127.0.0.1:{relay.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def test_workers_wait_for_the_broker_at_start_up(tmp_path, fresh_postgres_url, rabbitmq_url, push_endpoint):
