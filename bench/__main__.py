@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import time
 import traceback
@@ -34,6 +35,11 @@ def main(argv: list[str] | None = None) -> int:
         default=1.0,
         help="multiply the full sizes (N, durations) by this, e.g. 0.2 on a slow machine",
     )
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="record the service's workers with py-spy (collapsed stacks) into DIR; skews the figures",
+    )
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     args = parser.parse_args(argv)
     if args.list:
@@ -41,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:15} {what}")
         return 0
     names = args.names or list(BENCHMARKS)
+    if args.profile:
+        os.environ["BENCH_PROFILE_DIR"] = os.path.abspath(args.profile)
     machine = machine_info()
     print(
         f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['ram_gib']} GiB; Python "

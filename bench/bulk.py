@@ -24,7 +24,7 @@ BATCH = 1000
 
 
 def run(quick: bool, scale: float = 1.0) -> dict:
-    seconds = 5 if quick else max(5, round(30 * scale))
+    seconds = 3 if quick else max(5, round(30 * scale))
     week = next_week()
     # A few distinct bodies (times spread over the week), encoded once so the client costs little CPU.
     bodies = [

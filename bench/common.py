@@ -423,9 +423,39 @@ class Receiver:
         _stop(self.process, 5)
 
 
+class Profiler:
+    """py-spy on the service's gunicorn and dramatiq workers, writing collapsed stacks (``--profile``)."""
+
+    def __init__(self, service: Service, name: str, directory: Path) -> None:
+        self.recorders: list[subprocess.Popen] = []
+        directory.mkdir(parents=True, exist_ok=True)
+        for role in ("gunicorn worker", "dramatiq worker"):
+            for proc in service.processes().get(role, []):
+                out = directory / f"{name}-{role.replace(' ', '-')}-{proc.pid}.txt"
+                args = [str(BIN / "py-spy"), "record", "--pid", str(proc.pid), "--rate", "100"]
+                args += ["--format", "raw", "--output", str(out), "--threads"]
+                self.recorders.append(
+                    subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                )
+        log(f"profiling {len(self.recorders)} processes with py-spy into {directory}")
+
+    def stop(self) -> None:
+        for recorder in self.recorders:
+            if recorder.poll() is None:
+                recorder.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        for recorder in self.recorders:
+            try:
+                recorder.wait(30)
+            except subprocess.TimeoutExpired:
+                recorder.kill()
+
+
 @contextlib.contextmanager
 def running(name: str, settings: dict[str, str], *, workers: bool = True, receiver: bool = False):
-    """A throwaway database and vhost, the service on them (and a push receiver); all gone afterwards."""
+    """A throwaway database and vhost, the service on them (and a push receiver); all gone afterwards.
+
+    With BENCH_PROFILE_DIR set (``--profile``), py-spy records the service's workers meanwhile.
+    """
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
     push = Receiver() if receiver else None
     try:
@@ -433,12 +463,17 @@ def running(name: str, settings: dict[str, str], *, workers: bool = True, receiv
             if push is not None:
                 settings = {"PUSH_WEBHOOK_URL": push.url, **settings}
             service = Service(made, workdir, settings)
+            profiler = None
             try:
                 service.start_api()
                 if workers:
                     service.start_workers()
+                if os.environ.get("BENCH_PROFILE_DIR"):
+                    profiler = Profiler(service, name, Path(os.environ["BENCH_PROFILE_DIR"]))
                 yield service, push
             finally:
+                if profiler is not None:
+                    profiler.stop()
                 service.stop()
     finally:
         if push is not None:

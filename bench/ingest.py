@@ -12,8 +12,8 @@ TARGET = "at least 2,500 requests/s with p99 under 50 ms at concurrency 64"
 
 
 def run(quick: bool, scale: float = 1.0) -> dict:
-    seconds = 5 if quick else max(5, round(30 * scale))
-    warmup = 2 if quick else 5
+    seconds = 3 if quick else max(5, round(30 * scale))
+    warmup = 1 if quick else 5
     body = json.dumps(
         {
             "recipient_id": "user123",

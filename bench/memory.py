@@ -22,7 +22,7 @@ def _peak(samples: list[dict[str, list[float]]]) -> dict[str, float]:
 
 
 def run(quick: bool, scale: float = 1.0) -> dict:
-    seconds = 5 if quick else max(5, round(30 * scale))
+    seconds = 3 if quick else max(5, round(30 * scale))
     body = json.dumps({"recipient_id": "user123", "content": "Your order has been shipped!"}).encode()
     notes = [] if have_wrk() else [WRK_MISSING]
     with running(NAME, ALL_DAY, receiver=True) as (service, push):
