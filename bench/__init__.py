@@ -1,0 +1,1 @@
+"""Benchmarks of the service on one machine, against real PostgreSQL and RabbitMQ: `python -m bench`."""
