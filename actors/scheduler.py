@@ -18,28 +18,43 @@ import peewee
 import settings
 from actors.delivery import ACTORS
 from actors.dispatch import publish, register_wake_event
-from storage import db, events, wakeups
+from storage import db, wakeups
 from storage import notifications as store
 
 logger = logging.getLogger(__name__)
 
 
+# A scheduler that dies between taking a batch and publishing it leaves the batch to the others
+# after this many seconds.
+PUBLISH_LEASE = 10.0
+
+
 def dispatch_due(channels: Iterable[str] | None = None, *, limit: int | None = None) -> int:
     """Publish one batch of due rows; return how many were published."""
-    with db.connection_context(), db.atomic():
-        taken = store.take_due(
-            horizon=settings.SCHEDULE_HORIZON,
-            lease=settings.DISPATCH_LEASE,
-            limit=limit or settings.DISPATCH_BATCH_SIZE,
-            channels=channels,
-        )
-        # Publishing inside the transaction: a failed publish rolls the batch back for the next pass.
-        for dispatch in taken:
-            publish(dispatch)
-        events.record_many((d.notification_id for d in taken), "queued", settings.HOSTNAME)
+    horizon = settings.SCHEDULE_HORIZON
+    with db.connection_context():
+        # Committed before publishing, so that a worker never waits on this transaction.
+        with db.atomic():
+            taken = store.take_due(
+                horizon=horizon,
+                lease=PUBLISH_LEASE,
+                limit=limit or settings.DISPATCH_BATCH_SIZE,
+                channels=channels,
+            )
+        published = 0
+        try:
+            for dispatch in taken:
+                publish(dispatch)
+                published += 1
+        finally:
+            with db.atomic():
+                store.confirm_dispatches(
+                    taken[:published], horizon=horizon, lease=settings.DISPATCH_LEASE, host=settings.HOSTNAME
+                )
+                store.release_dispatches(taken[published:])
     if taken:
-        logger.debug("Dispatched %d notifications", len(taken))
-    return len(taken)
+        logger.debug("Dispatched %d notifications", published)
+    return published
 
 
 class Scheduler:

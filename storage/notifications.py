@@ -245,9 +245,10 @@ def take_due(
 ) -> list[Dispatch]:
     """Take up to ``limit`` rows due within ``horizon`` seconds whose dispatch is not owned by anyone.
 
-    Also takes back rows whose queued message or worker lease expired. Call inside a transaction
-    and publish before committing: if publishing fails the rows stay as they were, and if the
-    commit fails the published messages carry a stale ``dispatch_seq`` and do nothing.
+    Also takes back rows whose queued message or worker lease expired. Each row taken gets a new
+    ``dispatch_seq`` and is owned for ``lease`` seconds, the time to publish it; commit, publish,
+    then ``confirm_dispatches`` what was published and ``release_dispatches`` the rest. A scheduler
+    that dies in between leaves its rows to others once that short lease runs out.
     """
     now = utcnow()
     unowned = Notification.lease_until.is_null() | (Notification.lease_until < now)
@@ -268,7 +269,7 @@ def take_due(
         Notification.update(
             status=PENDING,
             dispatch_seq=Notification.dispatch_seq + 1,
-            lease_until=now + dt.timedelta(seconds=horizon + lease),
+            lease_until=now + dt.timedelta(seconds=lease),
             updated_at=now,
         )
         .where(Notification.id.in_(candidates))
@@ -276,6 +277,27 @@ def take_due(
         .execute()
     )
     return [Dispatch(str(r.id), r.channel, r.due_at, r.dispatch_seq) for r in rows]
+
+
+def confirm_dispatches(dispatches: list[Dispatch], *, horizon: float, lease: float, host: str) -> None:
+    """Published: their messages own the rows for ``horizon + lease`` seconds from now."""
+    if not dispatches:
+        return
+    now = utcnow()
+    ids = [d.notification_id for d in dispatches]
+    Notification.update(lease_until=now + dt.timedelta(seconds=horizon + lease)).where(
+        Notification.id.in_(ids) & (Notification.status == PENDING)
+    ).execute()
+    events.record_many(ids, "queued", host, at=now)
+
+
+def release_dispatches(dispatches: list[Dispatch]) -> None:
+    """Not published: hand the rows back to the next scheduler pass at once."""
+    if dispatches:
+        ids = [d.notification_id for d in dispatches]
+        Notification.update(lease_until=None).where(
+            Notification.id.in_(ids) & (Notification.status == PENDING)
+        ).execute()
 
 
 # On PostgreSQL each of the worker's two writes per delivery is one statement, the transition and

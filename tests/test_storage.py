@@ -202,3 +202,23 @@ def test_schema_setup_is_idempotent_and_safe_for_concurrent_starts(database_url)
 
         with database.bind_ctx([SchemaVersion]):
             assert [v.version for v in SchemaVersion.select()] == list(range(1, len(MIGRATIONS) + 1))
+
+
+def test_unpublished_dispatches_are_released_to_the_next_pass(db):
+    make()
+    make()
+    first, second = take(lease=30)
+    with storage.db.atomic():
+        store.confirm_dispatches([first], horizon=60, lease=600, host="scheduler")
+        store.release_dispatches([second])
+    (again,) = take()
+    assert again.notification_id == second.notification_id
+    assert again.seq == second.seq + 1
+    assert [e.kind for e in events.history(first.notification_id)] == ["created", "queued"]
+
+
+def test_a_batch_left_by_a_dead_scheduler_is_taken_after_its_short_lease(db):
+    make()
+    (lost,) = take(horizon=0.0, lease=0.0)  # taken, never published nor confirmed
+    (again,) = take()
+    assert again.seq == lost.seq + 1
