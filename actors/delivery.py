@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
@@ -13,6 +15,7 @@ import storage
 from actors.providers import DeliveryError, Envelope, PermanentDeliveryError, provider_for
 from storage import db, events
 from storage import notifications as store
+from storage.clock import utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -60,31 +63,50 @@ def deliver(notification_id: str, seq: int) -> None:
         raise dramatiq.Retry(f"database unavailable: {exc}", delay=100) from exc
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What a message did to its notification, for the metrics middleware to count once."""
+
+    channel: str
+    delivered: bool
+    lateness: float = 0.0  # seconds from the due time to delivery
+
+
+# The outcome of the message this worker thread is handling, if it finished its notification.
+current_outcome = threading.local()
+
+
 def _deliver(notification_id: str, seq: int) -> None:
     host = settings.HOSTNAME
-    with db.connection_context():
-        notification = store.claim(notification_id, seq, host=host, lease=settings.PROCESSING_LEASE)
-        if notification is None:
-            # Cancelled, delivered, forced or re-sent since this message was published: nothing to do.
-            events.record(notification_id, "skipped", host, detail=f"stale message {seq}")
-            logger.info("Skipped %s: message %d is no longer current", notification_id, seq)
-            return
-        attempt = notification.attempt_count - notification.attempts_at_force
-        if attempt > settings.MAX_RETRY_ATTEMPTS + 1:
-            # Only reachable when workers kept dying mid-delivery: stop before trying yet again.
-            store.mark_failed(notification_id, seq, host=host, error="gave up: workers stopped mid-delivery")
-            return
-        provider = provider_for(notification.channel)
-        try:
-            provider.deliver(envelope_of(notification))
-        except Exception as exc:
-            _record_failure(notification_id, seq, attempt, exc)
-            raise
-        store.mark_delivered(notification_id, seq, host=host)
-        logger.info("Delivered %s via %s on attempt %d", notification_id, provider.name, attempt)
+    current_outcome.value = None
+    # Each worker thread keeps its connection from message to message; an outage closes it.
+    db.connect(reuse_if_open=True)
+    notification = store.claim(notification_id, seq, host=host, lease=settings.PROCESSING_LEASE)
+    if notification is None:
+        # Cancelled, delivered, forced or re-sent since this message was published: nothing to do.
+        events.record(notification_id, "skipped", host, detail=f"stale message {seq}")
+        logger.info("Skipped %s: message %d is no longer current", notification_id, seq)
+        return
+    channel = notification.channel
+    attempt = notification.attempt_count - notification.attempts_at_force
+    if attempt > settings.MAX_RETRY_ATTEMPTS + 1:
+        # Only reachable when workers kept dying mid-delivery: stop before trying yet again.
+        if store.mark_failed(notification_id, seq, host=host, error="gave up: workers stopped mid-delivery"):
+            current_outcome.value = Outcome(channel, delivered=False)
+        return
+    provider = provider_for(channel)
+    try:
+        provider.deliver(envelope_of(notification))
+    except Exception as exc:
+        _record_failure(notification_id, seq, channel, attempt, exc)
+        raise
+    if store.mark_delivered(notification_id, seq, host=host):
+        lateness = (utcnow() - notification.due_at).total_seconds()
+        current_outcome.value = Outcome(channel, delivered=True, lateness=max(0.0, lateness))
+    logger.info("Delivered %s via %s on attempt %d", notification_id, provider.name, attempt)
 
 
-def _record_failure(notification_id: str, seq: int, attempt: int, exc: Exception) -> None:
+def _record_failure(notification_id: str, seq: int, channel: str, attempt: int, exc: Exception) -> None:
     host = settings.HOSTNAME
     transient = not isinstance(exc, DeliveryError) or exc.transient
     reason = exc.reason if isinstance(exc, DeliveryError) else f"{type(exc).__name__}: {exc}"
@@ -98,5 +120,6 @@ def _record_failure(notification_id: str, seq: int, attempt: int, exc: Exception
             delay = min(retry_after, settings.RETRY_MAX_DELAY)
             raise dramatiq.Retry(reason, delay=int(delay * 1000)) from exc
         return
-    store.mark_failed(notification_id, seq, host=host, error=reason)
+    if store.mark_failed(notification_id, seq, host=host, error=reason):
+        current_outcome.value = Outcome(channel, delivered=False)
     logger.error("Failed %s after %d attempts: %s", notification_id, attempt, reason)

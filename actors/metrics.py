@@ -14,13 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
-import peewee
 from dramatiq.broker import MessageProxy
 
-import settings
-from storage import db
-from storage import notifications as store
-from storage.clock import utcnow
+from actors import delivery
 
 logger = logging.getLogger(__name__)
 
@@ -60,16 +56,15 @@ def _make_metrics() -> _Metrics:
 
 
 class DeliveryMetrics(dramatiq.Middleware):
-    """After each delivery message, counts the outcome this very message recorded, read back from its row.
+    """After each delivery message, counts the outcome that very message recorded.
 
-    Reading the row (one primary-key lookup) keeps the delivery code free of metrics, and counts a
-    notification once: only the message whose dispatch number, host and finishing time match.
+    The delivery code leaves the outcome in ``delivery.current_outcome`` only when its own write
+    finished the notification, so a duplicate or stale message counts nothing.
     """
 
     def __init__(self) -> None:
         self._metrics: _Metrics | None = None
         self._lock = threading.Lock()
-        self._started: dict[str, Any] = {}
 
     @property
     def metrics(self) -> _Metrics:
@@ -79,44 +74,21 @@ class DeliveryMetrics(dramatiq.Middleware):
             return self._metrics
 
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
-        self._started[message.message_id] = utcnow()
+        delivery.current_outcome.value = None
 
     def after_process_message(
         self, broker: dramatiq.Broker, message: MessageProxy, *, result: Any = None, exception: Any = None
     ) -> None:
-        started = self._started.pop(message.message_id, None)
-        if started is None or len(message.args) != 2 or message.queue_name not in store.CHANNELS:
-            return
-        notification_id, seq = message.args
-        try:
-            with db.connection_context():
-                row = (
-                    store.Notification.select(
-                        store.Notification.status,
-                        store.Notification.dispatch_seq,
-                        store.Notification.worker_host,
-                        store.Notification.due_at,
-                        store.Notification.delivered_at,
-                        store.Notification.updated_at,
-                    )
-                    .where(store.Notification.id == notification_id)
-                    .first()
-                )
-        except (peewee.DatabaseError, ValueError) as exc:
-            logger.debug("No metrics for %s: %s", notification_id, exc)
-            return
-        if row is None or row.dispatch_seq != seq or row.worker_host != settings.HOSTNAME:
-            return
-        if row.updated_at < started:  # finished by an earlier copy of this message
-            return
-        self.observe(message.queue_name, row)
+        outcome = getattr(delivery.current_outcome, "value", None)
+        delivery.current_outcome.value = None
+        if outcome is not None:
+            self.observe(outcome)
 
     after_skip_message = after_process_message
 
-    def observe(self, channel: str, row: store.Notification) -> None:
-        if row.status == store.DELIVERED and row.delivered_at is not None:
-            self.metrics.delivered.labels(channel).inc()
-            lateness = (row.delivered_at - row.due_at).total_seconds()
-            self.metrics.lateness.labels(channel).observe(max(0.0, lateness))
-        elif row.status == store.FAILED:
-            self.metrics.failed.labels(channel).inc()
+    def observe(self, outcome: delivery.Outcome) -> None:
+        if outcome.delivered:
+            self.metrics.delivered.labels(outcome.channel).inc()
+            self.metrics.lateness.labels(outcome.channel).observe(outcome.lateness)
+        else:
+            self.metrics.failed.labels(outcome.channel).inc()

@@ -8,6 +8,7 @@ whose worker died mid-delivery. Any number of schedulers may run at once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Iterable
@@ -32,26 +33,27 @@ PUBLISH_LEASE = 10.0
 def dispatch_due(channels: Iterable[str] | None = None, *, limit: int | None = None) -> int:
     """Publish one batch of due rows; return how many were published."""
     horizon = settings.SCHEDULE_HORIZON
-    with db.connection_context():
-        # Committed before publishing, so that a worker never waits on this transaction.
+    # The scheduler's thread keeps its connection from pass to pass; an outage closes it.
+    db.connect(reuse_if_open=True)
+    # Committed before publishing, so that a worker never waits on this transaction.
+    with db.atomic():
+        taken = store.take_due(
+            horizon=horizon,
+            lease=PUBLISH_LEASE,
+            limit=limit or settings.DISPATCH_BATCH_SIZE,
+            channels=channels,
+        )
+    published = 0
+    try:
+        for dispatch in taken:
+            publish(dispatch)
+            published += 1
+    finally:
         with db.atomic():
-            taken = store.take_due(
-                horizon=horizon,
-                lease=PUBLISH_LEASE,
-                limit=limit or settings.DISPATCH_BATCH_SIZE,
-                channels=channels,
+            store.confirm_dispatches(
+                taken[:published], horizon=horizon, lease=settings.DISPATCH_LEASE, host=settings.HOSTNAME
             )
-        published = 0
-        try:
-            for dispatch in taken:
-                publish(dispatch)
-                published += 1
-        finally:
-            with db.atomic():
-                store.confirm_dispatches(
-                    taken[:published], horizon=horizon, lease=settings.DISPATCH_LEASE, host=settings.HOSTNAME
-                )
-                store.release_dispatches(taken[published:])
+            store.release_dispatches(taken[published:])
     if taken:
         logger.debug("Dispatched %d notifications", published)
     return published
@@ -97,6 +99,8 @@ class Scheduler:
                 failures = 0
             except (peewee.DatabaseError, dramatiq.errors.BrokerError, OSError) as exc:
                 # The database or broker is away: wait and try again; nothing was taken.
+                with contextlib.suppress(peewee.DatabaseError):
+                    db.close()  # a connection the outage broke
                 failures += 1
                 full = False
                 logger.warning("Scheduler pass failed (%s); retrying", exc)
