@@ -8,7 +8,6 @@ whose worker died mid-delivery. Any number of schedulers may run at once.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 from collections.abc import Iterable
@@ -17,6 +16,7 @@ import dramatiq
 import peewee
 
 import settings
+import storage
 from actors.delivery import ACTORS
 from actors.dispatch import publish, register_wake_event
 from storage import db, wakeups
@@ -99,8 +99,7 @@ class Scheduler:
                 failures = 0
             except (peewee.DatabaseError, dramatiq.errors.BrokerError, OSError) as exc:
                 # The database or broker is away: wait and try again; nothing was taken.
-                with contextlib.suppress(peewee.DatabaseError):
-                    db.close()  # a connection the outage broke
+                storage.drop_connection()
                 failures += 1
                 full = False
                 logger.warning("Scheduler pass failed (%s); retrying", exc)

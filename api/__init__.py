@@ -76,6 +76,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     @app.errorhandler(peewee.InterfaceError)
     def database_unavailable(exc: Exception):
         logger.error("Database unavailable: %s", exc)
+        storage.drop_connection()
         unavailable = ServiceUnavailable()
         unavailable.data = {"message": "The database is unavailable; try again shortly."}
         return api.handle_http_exception(unavailable)

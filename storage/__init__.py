@@ -81,8 +81,7 @@ def wait_until_available(timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     delay = 0.1
     while True:
-        with contextlib.suppress(peewee.DatabaseError):
-            db.close()  # drop a connection the outage broke
+        drop_connection()
         try:
             ping()
             return True
@@ -93,11 +92,21 @@ def wait_until_available(timeout: float) -> bool:
             delay = min(delay * 2, 5.0)
 
 
+def drop_connection() -> None:
+    """Close this thread's connection, which an error may have broken; the next query opens anew."""
+    with contextlib.suppress(peewee.DatabaseError):
+        db.close()
+
+
 def init_app(app: Any) -> None:
-    """Configure the database; a request opens a connection on first use and hands it back at its end."""
+    """Configure the database; each serving thread opens a connection on first use and keeps it.
+
+    Keeping it matters: peewee opens and closes connections under one lock for the whole
+    database, so a connection per request would queue every request thread behind that lock.
+    """
     configure(app.config["DATABASE_URL"])
 
     @app.teardown_request
-    def _close(_exc: BaseException | None) -> None:
-        if not db.is_closed():
-            db.close()
+    def _drop_if_broken(exc: BaseException | None) -> None:
+        if exc is not None:
+            drop_connection()
