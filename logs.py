@@ -6,9 +6,12 @@ so that ``grep notification=<id>`` follows one notification through every proces
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import contextvars
 import logging
+import logging.handlers
+import queue
 import sys
 from collections.abc import Iterator
 from typing import TextIO
@@ -28,9 +31,11 @@ class ContextFilter(logging.Filter):
     """Adds the host and the notification being handled to every record."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.host = settings.HOSTNAME
-        record.notification = _notification.get()
-        record.channel = _channel.get()
+        # A record handed over from another thread already carries the context of its own.
+        if not hasattr(record, "host"):
+            record.host = settings.HOSTNAME
+            record.notification = _notification.get()
+            record.channel = _channel.get()
         return True
 
 
@@ -70,6 +75,23 @@ def handler(stream: TextIO) -> logging.Handler:
     return one_line
 
 
-def configure(stream: TextIO | None = None, *, replace: bool = False) -> None:
-    """Log at ``LOG_LEVEL`` to ``stream`` (stdout), unless logging is set up already and not ``replace``."""
-    logging.basicConfig(level=settings.LOG_LEVEL, handlers=[handler(stream or sys.stdout)], force=replace)
+def configure(
+    stream: TextIO | None = None, *, replace: bool = False
+) -> logging.handlers.QueueListener | None:
+    """Log at ``LOG_LEVEL`` to ``stream`` (stdout), unless logging is set up already and not ``replace``.
+
+    Records are formatted and written by a thread of their own: threads that log only take the
+    context and queue the record, instead of queueing on the stream's lock while it writes.
+    """
+    if logging.getLogger().handlers and not replace:
+        return None
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    enqueue = logging.handlers.QueueHandler(records)
+    enqueue.addFilter(ContextFilter())
+    # The message with any traceback, merged here; the writing thread adds the line's prefix.
+    enqueue.setFormatter(logging.Formatter("%(message)s"))
+    listener = logging.handlers.QueueListener(records, handler(stream or sys.stdout))
+    listener.start()
+    atexit.register(listener.stop)
+    logging.basicConfig(level=settings.LOG_LEVEL, handlers=[enqueue], force=replace)
+    return listener

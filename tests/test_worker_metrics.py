@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import io
 import logging
@@ -199,3 +200,38 @@ def test_metrics_disabled_opens_no_port(tmp_path, rabbitmq_url):
     finally:
         stop(workers_process)
         storage.db.close()
+
+
+def test_configured_logging_writes_one_prefixed_line_per_record_from_any_thread():
+    import threading
+
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        listener = logs.configure(stream, replace=True)
+        logger = logging.getLogger("tests.queued")
+
+        def log_in_context():
+            with logs.context("f47ac10b-58cc-4372-a567-0e02b2c3d479", "push"):
+                try:
+                    raise ValueError("first\nsecond")
+                except ValueError:
+                    logger.exception("Went wrong")
+
+        thread = threading.Thread(target=log_in_context)
+        thread.start()
+        thread.join()
+        logger.warning("plain %s", "argument")
+        listener.stop()  # writes what is queued, then ends its thread
+        atexit.unregister(listener.stop)
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2
+    context = "channel=push notification=f47ac10b-58cc-4372-a567-0e02b2c3d479"
+    assert f"{context} tests.queued: Went wrong | Traceback" in lines[0]
+    assert "second" in lines[0]
+    assert lines[1].endswith("tests.queued: plain argument")
+    assert "INFO:" not in stream.getvalue()
