@@ -22,14 +22,17 @@ done
 # leaves within about 0.1 s of its due time.
 export dramatiq_worker_timeout=100
 # Validate the configuration once, with a message naming a bad variable.
-python -c "import settings" || exit 2
+# settings.py is the one reader of the environment; it also fails with the bad variable's name.
+config=$(python -c "import settings as s
+print(s.WORKER_PROCESSES, s.WORKER_THREADS, s.PUSH_METRICS_PORT, s.EMAIL_METRICS_PORT)") || exit 2
+read -r processes threads push_port email_port <<<"$config"
 
 USER_ID=$(id -u)
 stopping=0
 pids=()
 
 metrics_port() {
-  if [ "$1" = push ]; then echo "${PUSH_METRICS_PORT:-5001}"; else echo "${EMAIL_METRICS_PORT:-5002}"; fi
+  if [ "$1" = push ]; then echo "$push_port"; else echo "$email_port"; fi
 }
 
 supervise() {
@@ -43,8 +46,8 @@ supervise() {
     rm -rf "$metrics_dir" && mkdir -p "$metrics_dir"
     dramatiq_prom_db="$metrics_dir" dramatiq_prom_port=$(metrics_port "$channel") dramatiq actors.worker \
       --queues "$channel" \
-      --processes "${WORKER_PROCESSES:-1}" \
-      --threads "${WORKER_THREADS:-8}" 2>&1 &
+      --processes "$processes" \
+      --threads "$threads" 2>&1 &
     child=$!
     wait "$child"
     code=$?

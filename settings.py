@@ -139,7 +139,8 @@ MAX_DATA_DEPTH: int = _int("MAX_DATA_DEPTH", 5, minimum=1, maximum=32)
 PORT: int = _int("PORT", 5000, minimum=1, maximum=65535)
 WEB_CONCURRENCY: int = _int("WEB_CONCURRENCY", 2, minimum=1, maximum=64)
 WEB_THREADS: int = _int("WEB_THREADS", 8, minimum=1, maximum=256)
-WORKER_PROCESSES: int = _int("WORKER_PROCESSES", 1, minimum=1, maximum=64)
+# Like Dramatiq itself: a worker process per core.
+WORKER_PROCESSES: int = _int("WORKER_PROCESSES", os.cpu_count() or 1, minimum=1, maximum=64)
 WORKER_THREADS: int = _int("WORKER_THREADS", 8, minimum=1, maximum=256)
 
 METRICS_ENABLED: bool = _bool("METRICS_ENABLED", True)

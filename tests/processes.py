@@ -51,6 +51,7 @@ class Service:
             "PYTHONPATH": str(ROOT),
             "OUTBOX_DIR": str(tmp_path / "outbox"),
             "METRICS_ENABLED": "false",
+            "WORKER_PROCESSES": "1",  # keeps the suite light on a 2-core machine
             "SCHEDULER_INTERVAL": "0.2",
             "LOG_LEVEL": "INFO",
             **settings,
