@@ -23,8 +23,10 @@ workers: $(BIN)/.installed
 up: $(BIN)/.installed
 	PATH=$(BIN):$$PATH $(BIN)/honcho start
 
+# The parallel suite, then the tests that stop RabbitMQ or PostgreSQL themselves, alone.
 test: $(BIN)/.installed
-	$(BIN)/pytest -n 2
+	$(BIN)/pytest -n 2 -m "not exclusive"
+	$(BIN)/pytest -p no:xdist -m exclusive
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .

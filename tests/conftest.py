@@ -41,34 +41,35 @@ def postgres_url():
 
     name = f"notif_test_{uuid.uuid4().hex[:10]}"
     try:
-        admin = psycopg2.connect(PG_ADMIN_URL, connect_timeout=3)
+        _admin_sql(f'CREATE DATABASE "{name}"')
     except psycopg2.OperationalError as exc:
         unavailable("PostgreSQL", exc)
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(f'CREATE DATABASE "{name}"')
     base = PG_ADMIN_URL.rsplit("/", 1)[0]
     yield f"{base}/{name}"
     storage.db.obj.close() if isinstance(storage.db.obj, peewee.Database) else None
-    with admin.cursor() as cursor:
-        cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.close()
+    _admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _admin_sql(statement: str) -> None:
+    """Run one statement on a connection of its own (the server may have restarted meanwhile)."""
+    import psycopg2
+
+    admin = psycopg2.connect(PG_ADMIN_URL, connect_timeout=3)
+    try:
+        admin.autocommit = True
+        with admin.cursor() as cursor:
+            cursor.execute(statement)
+    finally:
+        admin.close()
 
 
 @pytest.fixture
 def fresh_postgres_url(postgres_url):
     """A PostgreSQL database of its own for one test, for processes started by that test."""
-    import psycopg2
-
     name = f"{postgres_url.rsplit('/', 1)[1]}_{uuid.uuid4().hex[:6]}"
-    admin = psycopg2.connect(PG_ADMIN_URL)
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(f'CREATE DATABASE "{name}"')
+    _admin_sql(f'CREATE DATABASE "{name}"')
     yield f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-    with admin.cursor() as cursor:
-        cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.close()
+    _admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _rabbitmqctl(*args: str) -> None:

@@ -253,3 +253,23 @@ def test_embedded_mode_delivers_to_the_outbox(tmp_path):
         assert email_id in mail.read_text()
     finally:
         service.close()
+
+
+def test_embedded_restart_sends_what_was_accepted_before_it(tmp_path):
+    settings = {"DATABASE_URL": f"sqlite:///{tmp_path}/embedded.db", "BROKER_URL": "", "PUSH_WEBHOOK_URL": ""}
+    first = Service(tmp_path, **settings)
+    try:
+        first.start_api()
+        # Due in a few seconds: its message waits in the in-process broker, which the stop loses.
+        nid = first.notify("push", recipient_id="u", content="survives a restart", scheduled_time=soon(3))
+        assert first.get(nid)["status"] == "Pending"
+    finally:
+        first.close()
+    second = Service(tmp_path, **settings)
+    try:
+        second.start_api()
+        second.await_status(nid, "Delivered", timeout=30)
+        lines = (tmp_path / "outbox" / "push.jsonl").read_text().splitlines()
+        assert [line for line in lines if nid in line] != []
+    finally:
+        second.close()
