@@ -47,6 +47,27 @@ def figures(accepted: list[str], receiver: PushReceiver, service: Service) -> di
     }
 
 
+def post_while_down(service: Service, count: int, *, allowed: tuple[int, ...]) -> tuple[list[str], int]:
+    """POST ``count`` notifications during an outage: the ids accepted, and how many got a 503."""
+    accepted, refused = [], 0
+    for i in range(count):
+        status, answer = service.request(
+            "POST", "/notifications/push", {"recipient_id": f"d{i}", "content": "x"}
+        )
+        assert status in allowed, answer  # never a 500, and nothing accepted that is then lost
+        if status == 202:
+            accepted.append(answer["notification_id"])
+        else:
+            refused += 1
+    return accepted, refused
+
+
+def delivered_figures(service: Service, accepted: list[str], receiver: PushReceiver) -> dict[str, int]:
+    """Await every accepted notification Delivered; return the run's figures."""
+    wait_until(lambda: statuses(service)["Delivered"] == len(accepted), timeout=120)
+    return figures(accepted, receiver, service)
+
+
 def test_workers_killed_repeatedly_lose_nothing(
     tmp_path, fresh_postgres_url, rabbitmq_url, push_endpoint, report
 ):
@@ -68,8 +89,7 @@ def test_workers_killed_repeatedly_lose_nothing(
             wait_until(lambda seen=seen: len(push_endpoint.requests) >= seen + 150, timeout=60)
             service.stop(workers, signal.SIGKILL)
             workers = service.start_workers("push")
-        wait_until(lambda: statuses(service)["Delivered"] == len(accepted), timeout=120)
-        result = figures(accepted, push_endpoint, service)
+        result = delivered_figures(service, accepted, push_endpoint)
         report(f"workers SIGKILLed 4 times: {result}")
         assert result["lost"] == 0
         assert result["delivered"] == len(accepted)
@@ -95,19 +115,11 @@ def test_broker_outage_accepts_durably_and_delivers_after(
         wait_until(lambda: len(push_endpoint.requests) >= 50)
         relay.cut()  # the broker goes away in the middle of the run
         assert service.request("GET", "/health")[0] == 503
-        during = []
-        for i in range(100):
-            status, answer = service.request(
-                "POST", "/notifications/push", {"recipient_id": f"d{i}", "content": "x"}
-            )
-            assert status in (202, 503), answer  # never a 500, never accepted and then lost
-            if status == 202:
-                during.append(answer["notification_id"])
+        during, _ = post_while_down(service, 100, allowed=(202, 503))
         accepted += during
         relay.open()
         accepted += accept_batch(service, 200, "after-")
-        wait_until(lambda: statuses(service)["Delivered"] == len(accepted), timeout=90)
-        result = figures(accepted, push_endpoint, service)
+        result = delivered_figures(service, accepted, push_endpoint)
         report(f"broker outage: accepted while down={len(during)}/100, {result}")
         assert result["lost"] == 0
     finally:
@@ -132,19 +144,12 @@ def test_database_outage_is_503_and_workers_resume(
         accepted = accept_batch(service, 300, "before-")
         wait_until(lambda: len(push_endpoint.requests) >= 50)
         relay.cut()  # the database goes away in the middle of the run
-        refused = 0
-        for i in range(20):
-            status, answer = service.request(
-                "POST", "/notifications/push", {"recipient_id": f"d{i}", "content": "x"}
-            )
-            assert status == 503, answer
-            refused += 1
+        _, refused = post_while_down(service, 20, allowed=(503,))
         assert service.request("GET", "/health")[0] == 503
         relay.open()
         wait_until(lambda: service.request("GET", "/health")[0] == 200, timeout=30)
         accepted += accept_batch(service, 200, "after-")
-        wait_until(lambda: statuses(service)["Delivered"] == len(accepted), timeout=120)
-        result = figures(accepted, push_endpoint, service)
+        result = delivered_figures(service, accepted, push_endpoint)
         report(f"database outage: refused with 503 while down={refused}, {result}")
         assert result["lost"] == 0
     finally:

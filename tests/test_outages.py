@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import unavailable
 from tests.processes import Service, wait_until
-from tests.test_faults import accept_batch, figures, statuses
+from tests.test_faults import accept_batch, delivered_figures
 
 pytestmark = [pytest.mark.exclusive, pytest.mark.postgres, pytest.mark.rabbitmq]
 
@@ -70,8 +70,7 @@ def test_rabbitmq_restart_loses_nothing(service, push_endpoint, report):
     finally:
         run("rabbitmqctl", "start_app")
     accepted += accept_batch(service, 200, "after-")
-    wait_until(lambda: statuses(service)["Delivered"] == len(accepted), timeout=120)
-    result = figures(accepted, push_endpoint, service)
+    result = delivered_figures(service, accepted, push_endpoint)
     report(f"RabbitMQ restarted: accepted while down={len(during)}/50, {result}")
     assert result["lost"] == 0
 
@@ -96,7 +95,6 @@ def test_postgresql_stop_is_503_and_nothing_is_lost(service, push_endpoint, repo
     wait_until(postgres_ready, timeout=60)
     wait_until(lambda: service.request("GET", "/health")[0] == 200, timeout=60)
     accepted += accept_batch(service, 200, "after-")
-    wait_until(lambda: statuses(service)["Delivered"] == len(accepted), timeout=120)
-    result = figures(accepted, push_endpoint, service)
+    result = delivered_figures(service, accepted, push_endpoint)
     report(f"PostgreSQL stopped and started: refused with 503 while down={refused}, {result}")
     assert result["lost"] == 0
