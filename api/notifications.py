@@ -65,14 +65,20 @@ def _due_soon(rows: list[dict[str, Any]], now: dt.datetime) -> bool:
     return any(row["due_at"] <= horizon for row in rows)
 
 
+def _accepted(rows: list[dict[str, Any]], *, woke: bool) -> None:
+    """What follows storing accepted rows: wake this process's scheduler, count them."""
+    if woke:
+        dispatch.wake_schedulers()
+    for row in rows:
+        prometheus.ACCEPTED.labels(row["channel"]).inc()
+
+
 def _accept(channel: str, fields: dict[str, Any]) -> dict[str, Any]:
     now = dt.datetime.now(dt.UTC)
     row = _row(channel, fields, now)
     wake = _due_soon([row], now)
     notification = store.create(host=settings.HOSTNAME, wake=wake, **row)
-    if wake:
-        dispatch.wake_schedulers()
-    prometheus.ACCEPTED.labels(channel).inc()
+    _accepted([row], woke=wake)
     with logs.context(str(notification.id), channel):
         logger.info("Accepted, due %s", row["due_at"].isoformat())
     return {
@@ -126,10 +132,8 @@ class NotificationBatch(MethodView):
         rows = [_row(item.pop("channel"), item, now) for item in batch["notifications"]]
         wake = _due_soon(rows, now)
         ids = store.create_many(rows, host=settings.HOSTNAME, wake=wake)
-        if wake:
-            dispatch.wake_schedulers()
-        for row in rows:
-            prometheus.ACCEPTED.labels(row["channel"]).inc()
+        _accepted(rows, woke=wake)
+        logger.info("Accepted a batch of %d", len(ids))
         return {
             "status": "success",
             "count": len(ids),
