@@ -38,7 +38,7 @@ def send_now(notification: store.Notification) -> str | None:
         return publish(dispatch).message_id
     except (dramatiq.errors.BrokerError, OSError) as exc:
         logger.warning("Could not publish %s now (%s); the scheduler will", dispatch.notification_id, exc)
-        store.release_dispatch(dispatch.notification_id, dispatch.seq)
+        store.release_dispatches([dispatch])
         wake_schedulers()
         return None
 

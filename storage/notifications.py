@@ -253,15 +253,6 @@ def force(notification_id: Any, *, host: str, lease: float) -> Notification:
     return rows[0]
 
 
-def release_dispatch(notification_id: Any, seq: int) -> None:
-    """Give a dispatch whose message never reached the broker back to the scheduler at once."""
-    Notification.update(lease_until=None).where(
-        (Notification.id == notification_id)
-        & (Notification.status == PENDING)
-        & (Notification.dispatch_seq == seq)
-    ).execute()
-
-
 def take_due(
     *, horizon: float, lease: float, limit: int, channels: Iterable[str] | None = None
 ) -> list[Dispatch]:
