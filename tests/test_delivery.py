@@ -134,7 +134,7 @@ def test_cancel_racing_delivery_never_delivers(service, push_endpoint, fresh_pos
     service.start_api()
     service.start_workers("push")
     due = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2)
-    push_endpoint.delay = 0.02
+    push_endpoint.delay = 0.05  # 80 deliveries take at least 0.5 s on 8 threads: cancels overlap them
     ids = [
         service.notify("push", recipient_id=f"u{i}", content="race", scheduled_time=due.isoformat())
         for i in range(80)
