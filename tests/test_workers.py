@@ -16,48 +16,29 @@ from tests.test_storage import take
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq]
 
 
-def test_workers_wait_for_the_broker_at_start_up(tmp_path, fresh_postgres_url, rabbitmq_url, push_endpoint):
-    relay = TcpRelay(5672)  # closed: the broker is unreachable when the workers start
-    service = Service(
-        tmp_path, DATABASE_URL=fresh_postgres_url, BROKER_URL=rabbitmq_url, PUSH_WEBHOOK_URL=push_endpoint.url
-    )
-    workers = Service(
-        tmp_path,
-        DATABASE_URL=fresh_postgres_url,
-        BROKER_URL=via(relay, rabbitmq_url),
-        PUSH_WEBHOOK_URL=push_endpoint.url,
-    )
-    try:
-        service.start_api()
-        nid = service.notify("push", recipient_id="u", content="after the broker came back")
-        workers.start_workers("push")
-        wait_until(lambda: "Connection refused" in workers.logs(), timeout=30)
-        relay.open()
-        service.await_status(nid, "Delivered", timeout=60)
-    finally:
-        workers.close()
-        service.close()
-        relay.cut()
-
-
-def test_workers_restart_until_the_database_is_reachable(
-    tmp_path, fresh_postgres_url, rabbitmq_url, push_endpoint
+@pytest.mark.parametrize(
+    ("port", "relayed", "waiting_sign"),
+    [
+        # Unreachable broker: Dramatiq's consumers keep retrying the connection.
+        pytest.param(5672, "BROKER_URL", "Connection refused", id="broker"),
+        # Unreachable database: the worker cannot start, and run_workers.sh restarts it with backoff.
+        pytest.param(5432, "DATABASE_URL", "restarting in", id="database"),
+    ],
+)
+def test_workers_wait_at_start_up_until_a_server_is_reachable(
+    tmp_path, fresh_postgres_url, rabbitmq_url, push_endpoint, port, relayed, waiting_sign
 ):
-    relay = TcpRelay(5432)
-    service = Service(
-        tmp_path, DATABASE_URL=fresh_postgres_url, BROKER_URL=rabbitmq_url, PUSH_WEBHOOK_URL=push_endpoint.url
-    )
+    relay = TcpRelay(port)  # closed: the server is unreachable when the workers start
+    urls = {"DATABASE_URL": fresh_postgres_url, "BROKER_URL": rabbitmq_url}
+    service = Service(tmp_path, **urls, PUSH_WEBHOOK_URL=push_endpoint.url)
     workers = Service(
-        tmp_path,
-        DATABASE_URL=via(relay, fresh_postgres_url),
-        BROKER_URL=rabbitmq_url,
-        PUSH_WEBHOOK_URL=push_endpoint.url,
+        tmp_path, **{**urls, relayed: via(relay, urls[relayed])}, PUSH_WEBHOOK_URL=push_endpoint.url
     )
     try:
         service.start_api()
-        nid = service.notify("push", recipient_id="u", content="after the database came back")
+        nid = service.notify("push", recipient_id="u", content="after the server came back")
         workers.start_workers("push")
-        wait_until(lambda: "restarting in" in workers.logs(), timeout=30)
+        wait_until(lambda: waiting_sign in workers.logs(), timeout=30)
         relay.open()
         service.await_status(nid, "Delivered", timeout=60)
     finally:
