@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dramatiq
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.middleware import CurrentMessage
 
 import settings
 
@@ -27,7 +26,6 @@ def _make_broker(url: str) -> dramatiq.Broker:
 
 
 broker = _make_broker(settings.BROKER_URL)
-broker.add_middleware(CurrentMessage())
 dramatiq.set_broker(broker)
 
 EMBEDDED: bool = isinstance(broker, StubBroker)
