@@ -101,6 +101,8 @@ if APPROPRIATE_HOURS_START >= APPROPRIATE_HOURS_END:
 SCHEDULE_HORIZON: float = _float("SCHEDULE_HORIZON", 60.0, minimum=1.0)
 SCHEDULER_INTERVAL: float = _float("SCHEDULER_INTERVAL", 1.0, minimum=0.01)
 DISPATCH_BATCH_SIZE: int = _int("DISPATCH_BATCH_SIZE", 500, minimum=1, maximum=10000)
+# Notifications per delivery message: a worker claims and finishes them with one statement each.
+DELIVERY_BATCH_SIZE: int = _int("DELIVERY_BATCH_SIZE", 50, minimum=1, maximum=1000)
 # A queued message that has not been claimed this long after its due time is presumed lost.
 DISPATCH_LEASE: float = _float("DISPATCH_LEASE", 600.0, minimum=1.0)
 # A claimed row whose worker has not finished within this many seconds is presumed dead.

@@ -1,18 +1,21 @@
-"""Thin actors: claim a notification, deliver it through its channel's provider, record the outcome."""
+"""Thin actors: claim a message's notifications, deliver each through its provider, record the outcomes."""
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
 import peewee
 
+import logs
 import settings
 import storage
-from actors.providers import DeliveryError, Envelope, PermanentDeliveryError, provider_for
+from actors.providers import DeliveryError, Envelope, TransientDeliveryError, provider_for
 from storage import db, events
 from storage import notifications as store
 from storage.clock import utcnow
@@ -23,18 +26,19 @@ _RETRY_OPTIONS: dict[str, Any] = {
     "max_retries": settings.MAX_RETRY_ATTEMPTS,
     "min_backoff": max(1, int(settings.RETRY_DELAY * 1000)),
     "max_backoff": max(1, int(settings.RETRY_MAX_DELAY * 1000)),
-    "throws": (PermanentDeliveryError,),
 }
 
 
 @dramatiq.actor(queue_name="push", **_RETRY_OPTIONS)
-def deliver_push(notification_id: str, seq: int) -> None:
-    deliver(notification_id, seq)
+def deliver_push(dispatches: dict[str, int]) -> None:
+    """Deliver push notifications: ``dispatches`` maps their ids to this message's dispatch numbers."""
+    deliver(dispatches)
 
 
 @dramatiq.actor(queue_name="email", **_RETRY_OPTIONS)
-def deliver_email(notification_id: str, seq: int) -> None:
-    deliver(notification_id, seq)
+def deliver_email(dispatches: dict[str, int]) -> None:
+    """Deliver emails: ``dispatches`` maps their ids to this message's dispatch numbers."""
+    deliver(dispatches)
 
 
 ACTORS: dict[str, dramatiq.Actor] = {"push": deliver_push, "email": deliver_email}
@@ -52,74 +56,173 @@ def envelope_of(notification: store.Notification) -> Envelope:
     )
 
 
-def deliver(notification_id: str, seq: int) -> None:
-    """Deliver once, for the message ``seq`` only; any other message for the row does nothing."""
+def deliver(dispatches: dict[str, int]) -> None:
+    """Deliver each notification the message is current for; stale and duplicate ones do nothing.
+
+    A transient failure raises once the rest are done, so that the Retries middleware sends the
+    message again later: its rows delivered or failed meanwhile are then no longer claimable.
+    """
+    batch = _Batch(dispatches)
     try:
-        _deliver(notification_id, seq)
-    except (peewee.OperationalError, peewee.InterfaceError) as exc:
+        batch.run()
+    except DATABASE_ERRORS as exc:
         # Wait out a database outage here, so that it costs the message one retry, not all of them.
-        logger.warning("Database unavailable while delivering %s: %s", notification_id, exc)
-        storage.wait_until_available(settings.DATABASE_WAIT)
+        logger.warning("Database unavailable while delivering %d notifications: %s", len(dispatches), exc)
+        if storage.wait_until_available(settings.DATABASE_WAIT):
+            batch.salvage()
         raise dramatiq.Retry(f"database unavailable: {exc}", delay=100) from exc
+    _raise_for_retry(batch.retry)
+
+
+DATABASE_ERRORS = (peewee.OperationalError, peewee.InterfaceError)
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a message did to its notification, for the metrics middleware to count once."""
+    """What a message did to one notification, for the metrics middleware to count once."""
 
     channel: str
     delivered: bool
     lateness: float = 0.0  # seconds from the due time to delivery
 
 
-# The outcome of the message this worker thread is handling, if it finished its notification.
+# The outcomes of the message this worker thread is handling, one per notification it finished.
 current_outcome = threading.local()
 
+# Deliveries are recorded in one statement per this many, or after this many seconds: what a
+# killed worker delivered but had not recorded is sent again, so the two bound the duplicates.
+_RECORD_EVERY = 10
+_RECORD_AFTER = 0.25
 
-def _deliver(notification_id: str, seq: int) -> None:
-    host = settings.HOSTNAME
-    current_outcome.value = None
-    # Each worker thread keeps its connection from message to message; an outage closes it.
-    db.connect(reuse_if_open=True)
-    notification = store.claim(notification_id, seq, host=host, lease=settings.PROCESSING_LEASE)
-    if notification is None:
-        # Cancelled, delivered, forced or re-sent since this message was published: nothing to do.
-        events.record(notification_id, "skipped", host, detail=f"stale message {seq}")
+
+class _Batch:
+    """The notifications of one message: claimed at once, delivered in turn, recorded in groups."""
+
+    def __init__(self, dispatches: dict[str, int]) -> None:
+        self.dispatches = dispatches
+        self.started = time.monotonic()
+        self.untried: collections.deque[store.Notification] = collections.deque()
+        self.unrecorded: list[store.Notification] = []
+        self.recorded_at = self.started
+        self.retry: list[Exception] = []
+        self.outcomes: list[Outcome] = []
+        current_outcome.value = self.outcomes
+
+    def run(self) -> None:
+        # Each worker thread keeps its connection from message to message; an outage closes it.
+        db.connect(reuse_if_open=True)
+        claimed = store.claim(self.dispatches, host=settings.HOSTNAME, lease=settings.PROCESSING_LEASE)
+        if len(claimed) < len(self.dispatches):
+            _skip_stale(self.dispatches, {str(n.id) for n in claimed})
+        self.untried.extend(claimed)
+        while self.untried:
+            if time.monotonic() - self.started > settings.PROCESSING_LEASE / 2:
+                # A slow provider used up half the claim: give the rest back before it runs out.
+                reason = "not attempted: the message ran out of time"
+                self.give_back(reason)
+                self.retry.append(TransientDeliveryError(reason))
+                break
+            notification = self.untried.popleft()
+            with logs.context(str(notification.id), notification.channel):
+                _deliver_one(self, notification)
+        self.record()
+
+    def seq(self, notification: store.Notification) -> int:
+        return self.dispatches[str(notification.id)]
+
+    def delivered(self, notification: store.Notification) -> None:
+        self.unrecorded.append(notification)
+        if len(self.unrecorded) >= _RECORD_EVERY or time.monotonic() - self.recorded_at >= _RECORD_AFTER:
+            self.record()
+
+    def record(self) -> None:
+        """Record the deliveries made since the last time; count those whose claim still held."""
+        done = store.mark_delivered({str(n.id): self.seq(n) for n in self.unrecorded}, host=settings.HOSTNAME)
+        now = utcnow()
+        for notification in self.unrecorded:
+            if str(notification.id) in done:
+                lateness = max(0.0, (now - notification.due_at).total_seconds())
+                self.outcomes.append(Outcome(notification.channel, delivered=True, lateness=lateness))
+        self.unrecorded, self.recorded_at = [], time.monotonic()
+
+    def salvage(self) -> None:
+        """After an outage: record what was delivered, give back what was not tried, for the retry."""
+        try:
+            self.record()
+            self.give_back("not attempted: the database was unavailable")
+        except DATABASE_ERRORS as exc:
+            # Left in Processing, the rows go out again when their claim runs out.
+            logger.warning("Could not record the message's progress after the outage: %s", exc)
+
+    def give_back(self, reason: str) -> None:
+        """Return the rows not tried yet, uncounted, to the retry of this message."""
+        while self.untried:
+            notification = self.untried.popleft()
+            store.defer(
+                notification.id,
+                self.seq(notification),
+                host=settings.HOSTNAME,
+                reason=reason,
+                lease=_retry_lease(None),
+            )
+
+
+def _skip_stale(dispatches: dict[str, int], claimed: set[str]) -> None:
+    """Cancelled, delivered, forced or re-sent since this message was published: nothing to do."""
+    stale = store.stale({nid: seq for nid, seq in dispatches.items() if nid not in claimed})
+    for notification_id in stale:
+        seq = dispatches[notification_id]
+        events.record(notification_id, "skipped", settings.HOSTNAME, detail=f"stale message {seq}")
         logger.info("Skipped %s: message %d is no longer current", notification_id, seq)
-        return
-    channel = notification.channel
+
+
+def _deliver_one(batch: _Batch, notification: store.Notification) -> None:
+    host, seq, notification_id = settings.HOSTNAME, batch.seq(notification), str(notification.id)
     attempt = notification.attempt_count - notification.attempts_at_force
     if attempt > settings.MAX_RETRY_ATTEMPTS + 1:
         # Only reachable when workers kept dying mid-delivery: stop before trying yet again.
         if store.mark_failed(notification_id, seq, host=host, error="gave up: workers stopped mid-delivery"):
-            current_outcome.value = Outcome(channel, delivered=False)
+            batch.outcomes.append(Outcome(notification.channel, delivered=False))
         return
-    provider = provider_for(channel)
+    provider = provider_for(notification.channel)
     try:
         provider.deliver(envelope_of(notification))
     except Exception as exc:
-        _record_failure(notification_id, seq, channel, attempt, exc)
-        raise
-    if store.mark_delivered(notification_id, seq, host=host):
-        lateness = (utcnow() - notification.due_at).total_seconds()
-        current_outcome.value = Outcome(channel, delivered=True, lateness=max(0.0, lateness))
+        if _record_failure(batch, notification, attempt, exc):
+            batch.retry.append(exc)
+        return
+    batch.delivered(notification)
     logger.info("Delivered %s via %s on attempt %d", notification_id, provider.name, attempt)
 
 
-def _record_failure(notification_id: str, seq: int, channel: str, attempt: int, exc: Exception) -> None:
-    host = settings.HOSTNAME
+def _retry_lease(retry_after: float | None) -> float:
+    # The retry message must arrive within this lease, else the scheduler sends another.
+    return max(settings.RETRY_MAX_DELAY, retry_after or 0) + settings.PROCESSING_LEASE
+
+
+def _record_failure(batch: _Batch, notification: store.Notification, attempt: int, exc: Exception) -> bool:
+    """Record a failed attempt; True when the notification waits for the message's retry."""
+    host, seq, notification_id = settings.HOSTNAME, batch.seq(notification), str(notification.id)
     transient = not isinstance(exc, DeliveryError) or exc.transient
     reason = exc.reason if isinstance(exc, DeliveryError) else f"{type(exc).__name__}: {exc}"
     if transient and attempt <= settings.MAX_RETRY_ATTEMPTS:
         retry_after = exc.retry_after if isinstance(exc, DeliveryError) else None
-        # The retry message must arrive within this lease, else the scheduler sends another.
-        lease = max(settings.RETRY_MAX_DELAY, retry_after or 0) + settings.PROCESSING_LEASE
+        lease = _retry_lease(retry_after)
         store.release_for_retry(notification_id, seq, host=host, error=reason, lease=lease)
         logger.warning("Attempt %d for %s failed, will retry: %s", attempt, notification_id, reason)
-        if retry_after is not None:
-            delay = min(retry_after, settings.RETRY_MAX_DELAY)
-            raise dramatiq.Retry(reason, delay=int(delay * 1000)) from exc
-        return
+        return True
     if store.mark_failed(notification_id, seq, host=host, error=reason):
-        current_outcome.value = Outcome(channel, delivered=False)
+        batch.outcomes.append(Outcome(notification.channel, delivered=False))
     logger.error("Failed %s after %d attempts: %s", notification_id, attempt, reason)
+    return False
+
+
+def _raise_for_retry(failures: list[Exception]) -> None:
+    """Hand the message to the Retries middleware, after the longest Retry-After asked for, if any."""
+    if not failures:
+        return
+    asked = [f.retry_after for f in failures if isinstance(f, DeliveryError) and f.retry_after is not None]
+    if asked:
+        delay = min(max(asked), settings.RETRY_MAX_DELAY)
+        raise dramatiq.Retry(str(failures[0]), delay=int(delay * 1000)) from failures[0]
+    raise failures[0]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
+from collections.abc import Iterator, Sequence
 
 import dramatiq
 
+import settings
 from actors import broker
 from actors.delivery import ACTORS
 from storage import notifications as store
@@ -14,17 +17,37 @@ from storage.clock import utcnow
 
 logger = logging.getLogger(__name__)
 
+# The notifications of one message are due within this many seconds of each other; the message is
+# sent at the last one's due time, so none goes early and none later than this for batching.
+BATCH_WINDOW = dt.timedelta(seconds=0.1)
+
 # Events of the schedulers running in this process, set to make them look at the database now.
 _wake_events: set[threading.Event] = set()
 
 
-def publish(dispatch: store.Dispatch) -> dramatiq.Message:
-    """Send the message for one dispatch, with its ETA when it is not due yet."""
-    delay_ms = int((dispatch.due_at - utcnow()).total_seconds() * 1000)
+def batches(dispatches: Sequence[store.Dispatch], size: int | None = None) -> Iterator[list[store.Dispatch]]:
+    """Group dispatches into messages: one channel, at most ``size``, due within ``BATCH_WINDOW``."""
+    size = size or settings.DELIVERY_BATCH_SIZE
+    open_batches: dict[str, list[store.Dispatch]] = {}
+    for dispatch in sorted(dispatches, key=lambda d: d.due_at):
+        batch = open_batches.get(dispatch.channel)
+        if batch and (len(batch) >= size or dispatch.due_at - batch[0].due_at > BATCH_WINDOW):
+            yield batch
+            batch = None
+        if not batch:
+            batch = open_batches[dispatch.channel] = []
+        batch.append(dispatch)
+    yield from (batch for batch in open_batches.values() if batch)
+
+
+def publish(dispatches: Sequence[store.Dispatch]) -> dramatiq.Message:
+    """Send one message for dispatches of one channel, with an ETA when the last is not due yet."""
+    first = dispatches[0]
+    delay_ms = int((max(d.due_at for d in dispatches) - utcnow()).total_seconds() * 1000)
     message = (
-        ACTORS[dispatch.channel]
-        .message_with_options(args=(dispatch.notification_id, dispatch.seq))
-        .copy(message_id=dispatch.message_id)
+        ACTORS[first.channel]
+        .message_with_options(args=({d.notification_id: d.seq for d in dispatches},))
+        .copy(message_id=first.message_id)
     )
     return broker.enqueue(message, delay=delay_ms if delay_ms > 0 else None)
 
@@ -35,7 +58,7 @@ def send_now(notification: store.Notification) -> str | None:
         str(notification.id), notification.channel, notification.due_at, notification.dispatch_seq
     )
     try:
-        return publish(dispatch).message_id
+        return publish([dispatch]).message_id
     except (dramatiq.errors.BrokerError, OSError) as exc:
         logger.warning("Could not publish %s now (%s); the scheduler will", dispatch.notification_id, exc)
         store.release_dispatches([dispatch])

@@ -19,7 +19,9 @@ class LogContext(dramatiq.Middleware):
         self._tokens: dict[str, tuple[contextvars.Token[str], contextvars.Token[str]]] = {}
 
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
-        notification_id = str(message.args[0]) if message.args else "-"
+        # A message for one notification names it; the delivery code names each one of a batch.
+        dispatches = message.args[0] if message.args and isinstance(message.args[0], dict) else {}
+        notification_id = next(iter(dispatches)) if len(dispatches) == 1 else "-"
         self._tokens[message.message_id] = logs.bind(notification_id, message.queue_name)
 
     def after_process_message(

@@ -56,10 +56,10 @@ def _make_metrics() -> _Metrics:
 
 
 class DeliveryMetrics(dramatiq.Middleware):
-    """After each delivery message, counts the outcome that very message recorded.
+    """After each delivery message, counts the outcomes that very message recorded.
 
-    The delivery code leaves the outcome in ``delivery.current_outcome`` only when its own write
-    finished the notification, so a duplicate or stale message counts nothing.
+    The delivery code leaves an outcome in ``delivery.current_outcome`` only for a notification its
+    own write finished, so a duplicate or stale message counts nothing.
     """
 
     def __init__(self) -> None:
@@ -74,14 +74,14 @@ class DeliveryMetrics(dramatiq.Middleware):
             return self._metrics
 
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
-        delivery.current_outcome.value = None
+        delivery.current_outcome.value = []
 
     def after_process_message(
         self, broker: dramatiq.Broker, message: MessageProxy, *, result: Any = None, exception: Any = None
     ) -> None:
-        outcome = getattr(delivery.current_outcome, "value", None)
-        delivery.current_outcome.value = None
-        if outcome is not None:
+        outcomes = getattr(delivery.current_outcome, "value", None) or []
+        delivery.current_outcome.value = []
+        for outcome in outcomes:
             self.observe(outcome)
 
     after_skip_message = after_process_message

@@ -38,7 +38,7 @@ class QueueStats:
 class DeadLetter:
     message_id: str
     actor_name: str
-    args: tuple[Any, ...]
+    notification_ids: tuple[str, ...]
     retries: int
     error: str | None
 
@@ -131,7 +131,7 @@ def _dead_letter(message: Any) -> DeadLetter:
     return DeadLetter(
         message_id=message.message_id,
         actor_name=message.actor_name,
-        args=tuple(message.args),
+        notification_ids=tuple(message.args[0]) if message.args and isinstance(message.args[0], dict) else (),
         retries=int(message.options.get("retries", 0)),
         error=trace.strip().splitlines()[-1] if trace else None,
     )

@@ -18,7 +18,7 @@ import peewee
 import settings
 import storage
 from actors.delivery import ACTORS
-from actors.dispatch import publish, register_wake_event
+from actors.dispatch import batches, publish, register_wake_event
 from storage import db, wakeups
 from storage import notifications as store
 
@@ -31,7 +31,7 @@ PUBLISH_LEASE = 10.0
 
 
 def dispatch_due(channels: Iterable[str] | None = None, *, limit: int | None = None) -> int:
-    """Publish one batch of due rows; return how many were published."""
+    """Publish one batch of due rows; return how many rows were taken."""
     horizon = settings.SCHEDULE_HORIZON
     # The scheduler's thread keeps its connection from pass to pass; an outage closes it.
     db.connect(reuse_if_open=True)
@@ -43,20 +43,21 @@ def dispatch_due(channels: Iterable[str] | None = None, *, limit: int | None = N
             limit=limit or settings.DISPATCH_BATCH_SIZE,
             channels=channels,
         )
-    published = 0
+    published: list[store.Dispatch] = []
     try:
-        for dispatch in taken:
-            publish(dispatch)
-            published += 1
+        for batch in batches(taken):
+            publish(batch)
+            published += batch
     finally:
+        sent = {d.notification_id for d in published}
         with db.atomic():
             store.confirm_dispatches(
-                taken[:published], horizon=horizon, lease=settings.DISPATCH_LEASE, host=settings.HOSTNAME
+                published, horizon=horizon, lease=settings.DISPATCH_LEASE, host=settings.HOSTNAME
             )
-            store.release_dispatches(taken[published:])
+            store.release_dispatches([d for d in taken if d.notification_id not in sent])
     if taken:
-        logger.debug("Dispatched %d notifications", published)
-    return published
+        logger.debug("Dispatched %d notifications", len(published))
+    return len(taken)
 
 
 class Scheduler:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -298,8 +298,14 @@ def confirm_dispatches(dispatches: list[Dispatch], *, horizon: float, lease: flo
         return
     now = utcnow()
     ids = [d.notification_id for d in dispatches]
-    Notification.update(lease_until=now + dt.timedelta(seconds=horizon + lease)).where(
+    rows = Notification.select(Notification.id).where(
         Notification.id.in_(ids) & (Notification.status == PENDING)
+    )
+    if is_postgres():
+        # In id order, as workers' claims lock them: racing over the same rows, the two queue.
+        rows = rows.order_by(Notification.id).for_update()
+    Notification.update(lease_until=now + dt.timedelta(seconds=horizon + lease)).where(
+        Notification.id.in_(rows) & (Notification.status == PENDING)
     ).execute()
     events.record_many(ids, "queued", host, at=now)
 
@@ -313,73 +319,100 @@ def release_dispatches(dispatches: list[Dispatch]) -> None:
         ).execute()
 
 
-# On PostgreSQL each of the worker's two writes per delivery is one statement, the transition and
-# its event together through a data-modifying CTE, with the SQL written once instead of per call.
+# On PostgreSQL each of the worker's two writes per message is one statement for all the message's
+# rows, the transitions and their events together through data-modifying CTEs, with the SQL written
+# once. The claim locks its rows in id order, as ``confirm_dispatches`` does, so that the two,
+# racing over the same rows, queue rather than deadlock.
 _PG_CLAIM = """
-WITH claimed AS (
-    UPDATE notification
-    SET status = 'Processing', attempt_count = attempt_count + 1, lease_until = %s, worker_host = %s,
+WITH wanted AS (
+    SELECT * FROM unnest(%s::uuid[], %s::int[]) AS w(id, seq)
+), locked AS (
+    SELECT n.id FROM notification n JOIN wanted ON n.id = wanted.id
+    WHERE n.status = 'Pending' AND n.dispatch_seq = wanted.seq
+    ORDER BY n.id
+    FOR UPDATE OF n
+), claimed AS (
+    UPDATE notification n
+    SET status = 'Processing', attempt_count = n.attempt_count + 1, lease_until = %s, worker_host = %s,
         updated_at = %s
-    WHERE id = %s AND status = 'Pending' AND dispatch_seq = %s
-    RETURNING *
+    FROM locked
+    WHERE n.id = locked.id AND n.status = 'Pending'
+    RETURNING n.*
 ), logged AS (
     INSERT INTO notification_event (notification_id, kind, at, host, detail)
     SELECT id, 'attempt', updated_at, worker_host, 'attempt ' || attempt_count FROM claimed
 )
-SELECT * FROM claimed
+SELECT * FROM claimed ORDER BY due_at, id
 """
 
 _PG_DELIVERED = """
 WITH delivered AS (
-    UPDATE notification SET status = 'Delivered', delivered_at = %s, lease_until = NULL, updated_at = %s
-    WHERE id = %s AND status = 'Processing' AND dispatch_seq = %s
-    RETURNING id, delivered_at
+    UPDATE notification n
+    SET status = 'Delivered', delivered_at = %s, lease_until = NULL, updated_at = %s
+    FROM unnest(%s::uuid[], %s::int[]) AS w(id, seq)
+    WHERE n.id = w.id AND n.status = 'Processing' AND n.dispatch_seq = w.seq
+    RETURNING n.id, n.delivered_at
 )
 INSERT INTO notification_event (notification_id, kind, at, host)
 SELECT id, 'delivered', delivered_at, %s FROM delivered
+RETURNING notification_id
 """
 
 
-def claim(notification_id: Any, seq: int, *, host: str, lease: float) -> Notification | None:
-    """Move a Pending row to Processing for the message ``seq``; None when that message is stale."""
-    notification = _claim_once(notification_id, seq, host=host, lease=lease)
-    if notification is None and is_postgres():
-        # The scheduler publishes before it commits, so a message may arrive while the row is
-        # still locked by the dispatch that makes it current. Wait for that lock; look again.
-        with db.atomic():
-            Notification.select(Notification.id).where(
-                Notification.id == notification_id
-            ).for_update().execute()
-            notification = _claim_once(notification_id, seq, host=host, lease=lease)
-    return notification
+def _pg_arrays(dispatches: Mapping[Any, int]) -> tuple[list[str], list[int]]:
+    return [str(nid) for nid in dispatches], list(dispatches.values())
 
 
-def _claim_once(notification_id: Any, seq: int, *, host: str, lease: float) -> Notification | None:
+def claim(dispatches: Mapping[Any, int], *, host: str, lease: float) -> list[Notification]:
+    """Move to Processing each Pending row whose ``dispatch_seq`` is the one given for it.
+
+    ``dispatches`` maps notification ids to the dispatch numbers of one message; the rows returned,
+    in due order, are those that message may deliver. The others it is stale or a duplicate for.
+    """
+    if not dispatches:
+        return []
     now = utcnow()
     lease_until = now + dt.timedelta(seconds=lease)
     if is_postgres():
-        rows = list(Notification.raw(_PG_CLAIM, lease_until, host, now, str(notification_id), seq))
-        return rows[0] if rows else None
+        ids, seqs = _pg_arrays(dispatches)
+        return list(Notification.raw(_PG_CLAIM, ids, seqs, lease_until, host, now))
+    claimed = []
     with db.atomic():
-        rows = list(
-            Notification.update(
-                status=PROCESSING,
-                attempt_count=Notification.attempt_count + 1,
-                lease_until=lease_until,
-                worker_host=host,
-                updated_at=now,
+        for notification_id, seq in dispatches.items():
+            rows = list(
+                Notification.update(
+                    status=PROCESSING,
+                    attempt_count=Notification.attempt_count + 1,
+                    lease_until=lease_until,
+                    worker_host=host,
+                    updated_at=now,
+                )
+                .where(
+                    (Notification.id == notification_id)
+                    & (Notification.status == PENDING)
+                    & (Notification.dispatch_seq == seq)
+                )
+                .returning(Notification)
+                .execute()
             )
-            .where(
-                (Notification.id == notification_id)
-                & (Notification.status == PENDING)
-                & (Notification.dispatch_seq == seq)
-            )
-            .returning(Notification)
-            .execute()
-        )
-        if rows:
-            events.record(notification_id, "attempt", host, detail=f"attempt {rows[0].attempt_count}", at=now)
-    return rows[0] if rows else None
+            claimed += rows
+        for row in claimed:
+            events.record(row.id, "attempt", host, detail=f"attempt {row.attempt_count}", at=now)
+    return sorted(claimed, key=lambda row: (row.due_at, str(row.id)))
+
+
+def stale(dispatches: Mapping[Any, int]) -> list[str]:
+    """Of rows a message did not claim, those it is out of date for: re-dispatched, forced or cancelled.
+
+    A row the same message already finished (a retried message) or a duplicate of it is not stale.
+    """
+    if not dispatches:
+        return []
+    rows = Notification.select(Notification.id, Notification.status, Notification.dispatch_seq).where(
+        Notification.id.in_([str(nid) for nid in dispatches])
+    )
+    wanted = {str(nid): seq for nid, seq in dispatches.items()}
+    return [str(row.id) for row in rows if row.dispatch_seq != wanted[str(row.id)] or row.status == CANCELLED]
 
 
 def _finish(notification_id: Any, seq: int, **changes: Any) -> bool:
@@ -394,15 +427,21 @@ def _finish(notification_id: Any, seq: int, **changes: Any) -> bool:
     )
 
 
-def mark_delivered(notification_id: Any, seq: int, *, host: str) -> bool:
+def mark_delivered(dispatches: Mapping[Any, int], *, host: str) -> set[str]:
+    """Record rows claimed by these dispatches as delivered; return the ids whose claim still held."""
+    if not dispatches:
+        return set()
     now = utcnow()
     if is_postgres():
-        cursor = db.execute_sql(_PG_DELIVERED, (now, now, str(notification_id), seq, host))
-        return cursor.rowcount == 1
+        ids, seqs = _pg_arrays(dispatches)
+        cursor = db.execute_sql(_PG_DELIVERED, (now, now, ids, seqs, host))
+        return {str(row[0]) for row in cursor.fetchall()}
+    done = set()
     with db.atomic():
-        done = _finish(notification_id, seq, status=DELIVERED, delivered_at=now, lease_until=None)
-        if done:
-            events.record(notification_id, "delivered", host, at=now)
+        for notification_id, seq in dispatches.items():
+            if _finish(notification_id, seq, status=DELIVERED, delivered_at=now, lease_until=None):
+                done.add(str(notification_id))
+        events.record_many(done, "delivered", host, at=now)
     return done
 
 
@@ -416,17 +455,26 @@ def mark_failed(notification_id: Any, seq: int, *, host: str, error: str) -> boo
 
 def release_for_retry(notification_id: Any, seq: int, *, host: str, error: str, lease: float) -> bool:
     """Put a row back to Pending for the retry of message ``seq``, which must come within ``lease``."""
+    return _release(notification_id, seq, host, "retry", error, lease, last_error=error)
+
+
+def defer(notification_id: Any, seq: int, *, host: str, reason: str, lease: float) -> bool:
+    """Give back a row claimed but not attempted, uncounted, for the retry of message ``seq``."""
+    return _release(
+        notification_id, seq, host, "deferred", reason, lease, attempt_count=Notification.attempt_count - 1
+    )
+
+
+def _release(
+    notification_id: Any, seq: int, host: str, kind: str, detail: str, lease: float, **changes: Any
+) -> bool:
     now = utcnow()
     with db.atomic():
         done = _finish(
-            notification_id,
-            seq,
-            status=PENDING,
-            last_error=error,
-            lease_until=now + dt.timedelta(seconds=lease),
+            notification_id, seq, status=PENDING, lease_until=now + dt.timedelta(seconds=lease), **changes
         )
         if done:
-            events.record(notification_id, "retry", host, detail=error, at=now)
+            events.record(notification_id, kind, host, detail=detail, at=now)
     return done
 
 

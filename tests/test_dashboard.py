@@ -99,7 +99,7 @@ def test_dead_letters_of_the_embedded_broker_can_be_requeued_and_dropped(client,
     letters = broker.dead_letters_by_queue["push"]
     letters.clear()
     for n in range(2):
-        letters.append(delivery.deliver_push.message(seeded["scheduled"], n))
+        letters.append(delivery.deliver_push.message({seeded["scheduled"]: n}))
     html = client.get("/dashboard/queues/push?tab=dead").text
     assert html.count('name="message_id"') == 4  # requeue and drop for each
     csrf, first = token(html), letters[0].message_id

@@ -94,6 +94,25 @@ def test_transient_failures_are_retried_then_delivered(service, push_endpoint):
     assert push_endpoint.unique_ids() == 1
 
 
+def test_a_failure_in_a_message_retries_only_its_own_notification(service, push_endpoint, fresh_postgres_url):
+    push_endpoint.script(503)
+    service.start_api()
+    service.start_workers("push")
+    due = soon(3)  # all due at once, so that one message carries them all
+    ids = [service.notify("push", recipient_id=f"u{i}", content="hi", scheduled_time=due) for i in range(5)]
+    attempts = sorted(service.await_status(nid, "Delivered")["attempt_count"] for nid in ids)
+    assert attempts == [1, 1, 1, 1, 2]
+    assert len(push_endpoint.requests) == 6 and push_endpoint.unique_ids() == 5
+    for nid in ids:
+        kinds = history(fresh_postgres_url, nid)
+        assert kinds.count("delivered") == 1 and "skipped" not in kinds, kinds
+    with storage.db.connection_context():
+        first_claims = {
+            events.history(nid).where(events.NotificationEvent.kind == "attempt")[0].at for nid in ids
+        }
+    assert len(first_claims) == 1, "one message claimed all five at once"
+
+
 def test_smtp_4xx_is_retried_and_5xx_fails_without_retry(service, smtp_server):
     service.start_api()
     service.start_workers("email")
@@ -131,6 +150,8 @@ def test_retries_exhausted_fail_with_the_last_error(service, push_endpoint):
 
 
 def test_cancel_racing_delivery_never_delivers(service, push_endpoint, fresh_postgres_url):
+    # Small messages, so that claims go on while the cancels come; each cancel races one of them.
+    service.env["DELIVERY_BATCH_SIZE"] = "4"
     service.start_api()
     service.start_workers("push")
     due = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2)

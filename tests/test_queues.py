@@ -25,7 +25,7 @@ def rabbit(rabbitmq_url):
 
 def message(n: int) -> dramatiq.Message:
     return dramatiq.Message(
-        queue_name="push", actor_name="deliver_push", args=(str(uuid.uuid4()), n), kwargs={}, options={}
+        queue_name="push", actor_name="deliver_push", args=({str(uuid.uuid4()): n},), kwargs={}, options={}
     )
 
 
@@ -98,7 +98,8 @@ def test_official_dramatiq_dashboard_is_mounted_on_a_redis_broker(tmp_path):
         overview = client.get("/dashboard/dramatiq/")
         assert overview.status_code == 200 and "push" in overview.text
         queue = client.get("/dashboard/dramatiq/queues/push/standard").text
-        assert f"deliver_push(&#39;{sent.args[0]}&#39;, 1)" in queue
+        (nid,) = sent.args[0]
+        assert f"deliver_push({{&#39;{nid}&#39;: 1}})" in queue
         assert client.get("/dashboard/").status_code == 200  # ours still answers beside it
     finally:
         for key in broker.client.scan_iter(f"{namespace}:*"):

@@ -47,8 +47,8 @@ def test_expired_dispatch_is_taken_again_with_a_new_seq(db):
     store.Notification.update(lease_until=utcnow() - dt.timedelta(seconds=1)).execute()
     second = take()
     assert [d.seq for d in first + second] == [1, 2]
-    assert store.claim(n.id, 1, host="w", lease=60) is None, "the older message is stale"
-    assert store.claim(n.id, 2, host="w", lease=60) is not None
+    assert store.claim({n.id: 1}, host="w", lease=60) == [], "the older message is stale"
+    assert store.claim({n.id: 2}, host="w", lease=60) != []
 
 
 def test_take_due_filters_by_channel(db):
@@ -60,11 +60,11 @@ def test_take_due_filters_by_channel(db):
 def test_claim_moves_to_processing_and_counts_the_attempt(db):
     n = make()
     (d,) = take()
-    claimed = store.claim(n.id, d.seq, host="worker-1", lease=60)
+    (claimed,) = store.claim({n.id: d.seq}, host="worker-1", lease=60)
     assert claimed.status == store.PROCESSING
     assert claimed.attempt_count == 1
     assert claimed.worker_host == "worker-1"
-    assert store.claim(n.id, d.seq, host="worker-2", lease=60) is None, "a duplicate message does nothing"
+    assert store.claim({n.id: d.seq}, host="worker-2", lease=60) == [], "a duplicate message does nothing"
 
 
 def test_only_one_of_many_racing_claims_wins(db):
@@ -75,7 +75,7 @@ def test_only_one_of_many_racing_claims_wins(db):
     def race():
         with storage.db.connection_context():
             barrier.wait()
-            if store.claim(n.id, d.seq, host=threading.current_thread().name, lease=60):
+            if store.claim({n.id: d.seq}, host=threading.current_thread().name, lease=60):
                 winners.append(1)
 
     threads = [threading.Thread(target=race) for _ in range(8)]
@@ -97,7 +97,7 @@ def test_cancel_racing_claim_has_exactly_one_winner(db, rounds):
         def claim(nid=n.id, seq=d.seq, barrier=barrier, outcome=outcome):
             with storage.db.connection_context():
                 barrier.wait()
-                outcome["claimed"] = store.claim(nid, seq, host="w", lease=60) is not None
+                outcome["claimed"] = store.claim({nid: seq}, host="w", lease=60) != []
 
         def cancel(nid=n.id, barrier=barrier, outcome=outcome):
             with storage.db.connection_context():
@@ -120,9 +120,9 @@ def test_cancel_racing_claim_has_exactly_one_winner(db, rounds):
 def test_delivered_only_by_the_claiming_message(db):
     n = make()
     (d,) = take()
-    store.claim(n.id, d.seq, host="w", lease=60)
-    assert not store.mark_delivered(n.id, d.seq + 1, host="w")
-    assert store.mark_delivered(n.id, d.seq, host="w")
+    store.claim({n.id: d.seq}, host="w", lease=60)
+    assert store.mark_delivered({n.id: d.seq + 1}, host="w") == set()
+    assert store.mark_delivered({n.id: d.seq}, host="w") == {str(n.id)}
     row = store.get(n.id)
     assert row.status == store.DELIVERED
     assert row.delivered_at is not None
@@ -132,20 +132,20 @@ def test_delivered_only_by_the_claiming_message(db):
 def test_stalled_processing_row_is_taken_back_after_its_lease(db):
     n = make()
     (d,) = take()
-    store.claim(n.id, d.seq, host="dead-worker", lease=0.0)
+    store.claim({n.id: d.seq}, host="dead-worker", lease=0.0)
     (again,) = take()
     assert again.seq == d.seq + 1
     assert store.get(n.id).status == store.PENDING
-    assert not store.mark_delivered(n.id, d.seq, host="dead-worker"), "the dead worker's claim is void"
+    assert not store.mark_delivered({n.id: d.seq}, host="dead-worker"), "the dead worker's claim is void"
 
 
 def test_release_for_retry_keeps_the_row_for_the_same_message(db):
     n = make()
     (d,) = take()
-    store.claim(n.id, d.seq, host="w", lease=60)
+    store.claim({n.id: d.seq}, host="w", lease=60)
     store.release_for_retry(n.id, d.seq, host="w", error="503 from endpoint", lease=300)
     assert take() == [], "the retry message owns the row"
-    retried = store.claim(n.id, d.seq, host="w", lease=60)
+    (retried,) = store.claim({n.id: d.seq}, host="w", lease=60)
     assert retried.attempt_count == 2
     assert retried.last_error == "503 from endpoint"
 
@@ -153,7 +153,7 @@ def test_release_for_retry_keeps_the_row_for_the_same_message(db):
 def test_failed_keeps_the_reason(db):
     n = make()
     (d,) = take()
-    store.claim(n.id, d.seq, host="w", lease=60)
+    store.claim({n.id: d.seq}, host="w", lease=60)
     store.mark_failed(n.id, d.seq, host="w", error="550 no such user")
     row = store.get(n.id)
     assert (row.status, row.last_error) == (store.FAILED, "550 no such user")
@@ -222,3 +222,69 @@ def test_a_batch_left_by_a_dead_scheduler_is_taken_after_its_short_lease(db):
     (lost,) = take(horizon=0.0, lease=0.0)  # taken, never published nor confirmed
     (again,) = take()
     assert again.seq == lost.seq + 1
+
+
+def test_one_claim_takes_the_current_rows_of_a_message_and_no_others(db):
+    current, cancelled, forced, other = make(), make(), make(), make(due_in=3600)
+    dispatched = {d.notification_id: d.seq for d in take()}
+    store.cancel(cancelled.id, host="api")
+    store.force(forced.id, host="api", lease=60)
+    message = {**dispatched, str(other.id): 1}
+
+    claimed = store.claim(message, host="w", lease=60)
+
+    assert [str(n.id) for n in claimed] == [str(current.id)]
+    assert sorted(store.stale({k: v for k, v in message.items() if k != str(current.id)})) == sorted(
+        [str(cancelled.id), str(forced.id), str(other.id)]
+    )
+    assert store.mark_delivered(message, host="w") == {str(current.id)}
+    assert str(current.id) not in store.stale(message), "a row this message delivered is not stale for it"
+
+
+def test_deferred_row_goes_back_uncounted_for_the_same_message(db):
+    n = make()
+    (d,) = take()
+    store.claim({n.id: d.seq}, host="w", lease=60)
+    assert store.defer(n.id, d.seq, host="w", reason="not attempted", lease=300)
+    row = store.get(n.id)
+    assert (row.status, row.attempt_count) == (store.PENDING, 0)
+    assert take() == [], "the retry message owns the row"
+    (again,) = store.claim({n.id: d.seq}, host="w", lease=60)
+    assert again.attempt_count == 1
+    assert [e.kind for e in events.history(n.id)][-2:] == ["deferred", "attempt"]
+
+
+def test_overlapping_claims_and_confirms_neither_deadlock_nor_claim_twice(db):
+    rows = [make() for _ in range(60)]
+    taken = take(limit=100)
+    message = {d.notification_id: d.seq for d in taken}
+    forwards, backwards = dict(message), dict(reversed(message.items()))
+    claims: list[str] = []
+    errors: list[Exception] = []
+    barrier = threading.Barrier(5)
+
+    def claim(dispatches):
+        with storage.db.connection_context():
+            barrier.wait()
+            try:
+                claims.extend(str(n.id) for n in store.claim(dispatches, host="w", lease=60))
+            except Exception as exc:  # a deadlock would surface here
+                errors.append(exc)
+
+    def confirm():
+        with storage.db.connection_context():
+            barrier.wait()
+            try:
+                with storage.db.atomic():
+                    store.confirm_dispatches(list(reversed(taken)), horizon=60, lease=600, host="s")
+            except Exception as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=claim, args=(d,)) for d in (forwards, backwards, forwards, backwards)]
+    threads.append(threading.Thread(target=confirm))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(claims) == sorted(str(n.id) for n in rows)

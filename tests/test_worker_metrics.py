@@ -45,7 +45,7 @@ def test_heartbeats_sum_processes_per_host_and_forget_silent_ones(db):
 
 
 def message_for(dispatch: store.Dispatch) -> dramatiq.Message:
-    return delivery.ACTORS[dispatch.channel].message(dispatch.notification_id, dispatch.seq)
+    return delivery.ACTORS[dispatch.channel].message({dispatch.notification_id: dispatch.seq})
 
 
 def handle(middleware: list[dramatiq.Middleware], message: dramatiq.Message) -> None:
@@ -84,7 +84,7 @@ def test_log_lines_name_the_host_channel_and_notification_on_one_line():
     logger = logging.getLogger("tests.one-line")
     logger.addHandler(logs.handler(stream))
     logger.propagate = False
-    message = delivery.deliver_email.message("f47ac10b-58cc-4372-a567-0e02b2c3d479", 1)
+    message = delivery.deliver_email.message({"f47ac10b-58cc-4372-a567-0e02b2c3d479": 1})
     context = LogContext()
     context.before_process_message(broker, message)
     try:
