@@ -199,7 +199,7 @@ def run(quick: bool, scale: float = 1.0) -> dict:
         "n": n,
         "timeout_s": timeout,
         "ingest": "POST /notifications/batch, 1000 per request, 2 client threads",
-        "service": "gunicorn.conf.py defaults; run_workers.sh push (1 process x 8 threads)",
+        "service": "gunicorn.conf.py defaults; run_workers.sh push (a process per core x 8 threads)",
         "rate": "unique deliveries / (last arrival at the endpoint - first batch request sent)",
     }
     write_result(NAME, quick, params, results, notes)

@@ -119,7 +119,7 @@ def run(quick: bool, scale: float = 1.0) -> dict:
         "n": n,
         "window_s": window,
         "lead_s": lead,
-        "service": "gunicorn.conf.py defaults; run_workers.sh push (1 process x 8 threads); hours 0-24",
+        "service": "gunicorn.conf.py defaults; run_workers.sh push (a process per core x 8 threads); 0-24 h",
     }
     write_result(NAME, quick, params, results, notes)
     return results

@@ -323,20 +323,21 @@ def release_dispatches(dispatches: list[Dispatch]) -> None:
 # rows, the transitions and their events together through data-modifying CTEs, with the SQL written
 # once. The claim locks its rows in id order, as ``confirm_dispatches`` does, so that the two,
 # racing over the same rows, queue rather than deadlock.
+# Rows are looked up by id alone, then checked: a condition on ``status`` would let the planner
+# scan a status index instead, which its statistics, stale after a bulk load, can make look cheap.
 _PG_CLAIM = """
 WITH wanted AS (
     SELECT * FROM unnest(%s::uuid[], %s::int[]) AS w(id, seq)
 ), locked AS (
-    SELECT n.id FROM notification n JOIN wanted ON n.id = wanted.id
-    WHERE n.status = 'Pending' AND n.dispatch_seq = wanted.seq
-    ORDER BY n.id
-    FOR UPDATE OF n
+    SELECT id, status, dispatch_seq FROM notification WHERE id = ANY(%s::uuid[])
+    ORDER BY id
+    FOR UPDATE
 ), claimed AS (
     UPDATE notification n
     SET status = 'Processing', attempt_count = n.attempt_count + 1, lease_until = %s, worker_host = %s,
         updated_at = %s
-    FROM locked
-    WHERE n.id = locked.id AND n.status = 'Pending'
+    FROM locked JOIN wanted ON locked.id = wanted.id
+    WHERE n.id = locked.id AND locked.status = 'Pending' AND locked.dispatch_seq = wanted.seq
     RETURNING n.*
 ), logged AS (
     INSERT INTO notification_event (notification_id, kind, at, host, detail)
@@ -346,11 +347,17 @@ SELECT * FROM claimed ORDER BY due_at, id
 """
 
 _PG_DELIVERED = """
-WITH delivered AS (
+WITH wanted AS (
+    SELECT * FROM unnest(%s::uuid[], %s::int[]) AS w(id, seq)
+), current AS MATERIALIZED (
+    SELECT id, status, dispatch_seq FROM notification WHERE id = ANY(%s::uuid[])
+), delivered AS (
     UPDATE notification n
     SET status = 'Delivered', delivered_at = %s, lease_until = NULL, updated_at = %s
-    FROM unnest(%s::uuid[], %s::int[]) AS w(id, seq)
-    WHERE n.id = w.id AND n.status = 'Processing' AND n.dispatch_seq = w.seq
+    FROM current JOIN wanted ON current.id = wanted.id AND current.dispatch_seq = wanted.seq
+    WHERE current.status = 'Processing'
+        -- Checked again on the row as it is when updated, should it have changed since.
+        AND n.id = current.id AND n.status = current.status AND n.dispatch_seq = current.dispatch_seq
     RETURNING n.id, n.delivered_at
 )
 INSERT INTO notification_event (notification_id, kind, at, host)
@@ -375,7 +382,7 @@ def claim(dispatches: Mapping[Any, int], *, host: str, lease: float) -> list[Not
     lease_until = now + dt.timedelta(seconds=lease)
     if is_postgres():
         ids, seqs = _pg_arrays(dispatches)
-        return list(Notification.raw(_PG_CLAIM, ids, seqs, lease_until, host, now))
+        return list(Notification.raw(_PG_CLAIM, ids, seqs, ids, lease_until, host, now))
     claimed = []
     with db.atomic():
         for notification_id, seq in dispatches.items():
@@ -434,7 +441,7 @@ def mark_delivered(dispatches: Mapping[Any, int], *, host: str) -> set[str]:
     now = utcnow()
     if is_postgres():
         ids, seqs = _pg_arrays(dispatches)
-        cursor = db.execute_sql(_PG_DELIVERED, (now, now, ids, seqs, host))
+        cursor = db.execute_sql(_PG_DELIVERED, (ids, seqs, ids, now, now, host))
         return {str(row[0]) for row in cursor.fetchall()}
     done = set()
     with db.atomic():
