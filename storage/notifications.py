@@ -298,25 +298,34 @@ def confirm_dispatches(dispatches: list[Dispatch], *, horizon: float, lease: flo
         return
     now = utcnow()
     ids = [d.notification_id for d in dispatches]
-    rows = Notification.select(Notification.id).where(
-        Notification.id.in_(ids) & (Notification.status == PENDING)
-    )
-    if is_postgres():
-        # In id order, as workers' claims lock them: racing over the same rows, the two queue.
-        rows = rows.order_by(Notification.id).for_update()
-    Notification.update(lease_until=now + dt.timedelta(seconds=horizon + lease)).where(
-        Notification.id.in_(rows) & (Notification.status == PENDING)
-    ).execute()
+    _lease_pending(ids, now + dt.timedelta(seconds=horizon + lease))
     events.record_many(ids, "queued", host, at=now)
 
 
 def release_dispatches(dispatches: list[Dispatch]) -> None:
     """Not published: hand the rows back to the next scheduler pass at once."""
     if dispatches:
-        ids = [d.notification_id for d in dispatches]
-        Notification.update(lease_until=None).where(
-            Notification.id.in_(ids) & (Notification.status == PENDING)
-        ).execute()
+        _lease_pending([d.notification_id for d in dispatches], None)
+
+
+# Looked up by id, locked in id order as workers' claims lock them (racing over the same rows, the
+# two queue rather than deadlock), and checked for status only then: see _PG_CLAIM.
+_PG_LEASE_PENDING = """
+WITH locked AS (
+    SELECT id, status FROM notification WHERE id = ANY(%s::uuid[]) ORDER BY id FOR UPDATE
+)
+UPDATE notification n SET lease_until = %s FROM locked WHERE n.id = locked.id AND locked.status = 'Pending'
+"""
+
+
+def _lease_pending(ids: list[str], lease_until: dt.datetime | None) -> None:
+    """Set the lease of those rows that are still Pending (not yet claimed, cancelled or failed)."""
+    if is_postgres():
+        db.execute_sql(_PG_LEASE_PENDING, (ids, lease_until))
+        return
+    Notification.update(lease_until=lease_until).where(
+        Notification.id.in_(ids) & (Notification.status == PENDING)
+    ).execute()
 
 
 # On PostgreSQL each of the worker's two writes per message is one statement for all the message's
@@ -324,7 +333,8 @@ def release_dispatches(dispatches: list[Dispatch]) -> None:
 # once. The claim locks its rows in id order, as ``confirm_dispatches`` does, so that the two,
 # racing over the same rows, queue rather than deadlock.
 # Rows are looked up by id alone, then checked: a condition on ``status`` would let the planner
-# scan a status index instead, which its statistics, stale after a bulk load, can make look cheap.
+# scan a status index instead, which its statistics, stale after a bulk load, can make look cheap
+# (it then reads every Pending row for each statement).
 _PG_CLAIM = """
 WITH wanted AS (
     SELECT * FROM unnest(%s::uuid[], %s::int[]) AS w(id, seq)
