@@ -256,7 +256,7 @@ def force(notification_id: Any, *, host: str, lease: float) -> Notification:
 def take_due(
     *, horizon: float, lease: float, limit: int, channels: Iterable[str] | None = None
 ) -> list[Dispatch]:
-    """Take up to ``limit`` rows due within ``horizon`` seconds whose dispatch is not owned by anyone.
+    """Take up to ``limit`` rows per channel due within ``horizon`` seconds that nobody owns.
 
     Also takes back rows whose queued message or worker lease expired. Each row taken gets a new
     ``dispatch_seq`` and is owned for ``lease`` seconds, the time to publish it; commit, publish,
@@ -264,15 +264,32 @@ def take_due(
     that dies in between leaves its rows to others once that short lease runs out.
     """
     now = utcnow()
-    unowned = Notification.lease_until.is_null() | (Notification.lease_until < now)
     due = (Notification.status == PENDING) & (Notification.due_at <= now + dt.timedelta(seconds=horizon))
-    stalled = Notification.status == PROCESSING
-    candidates = (
-        Notification.select(Notification.id)
-        .where((due | stalled) & unowned)
-        .order_by(Notification.due_at)
-        .limit(limit)
-    )
+    # The lapsed first: they are late already. Each query reads only the rows it may take, through
+    # an index of its own (migration 4), never the whole due backlog. Only Pending and Processing
+    # rows hold a lease (every other transition clears it), so the lapsed need no status condition,
+    # which would let the planner read a status index instead.
+    lapsed = Notification.lease_until < now
+    taken = _take(lapsed, Notification.lease_until, now=now, lease=lease, limit=limit, channels=channels)
+    unowned = due & Notification.lease_until.is_null()
+    # A channel at a time, each read in due order from the index, up to ``limit`` each.
+    for channel in sorted(CHANNELS if channels is None else channels):
+        room = limit - sum(1 for d in taken if d.channel == channel)
+        if room > 0:
+            taken += _take(unowned, Notification.due_at, now=now, lease=lease, limit=room, channels=[channel])
+    return taken
+
+
+def _take(
+    which: peewee.Expression,
+    order: peewee.Field,
+    *,
+    now: dt.datetime,
+    lease: float,
+    limit: int,
+    channels: Iterable[str] | None,
+) -> list[Dispatch]:
+    candidates = Notification.select(Notification.id).where(which).order_by(order).limit(limit)
     if channels is not None:
         candidates = candidates.where(Notification.channel.in_(list(channels)))
     if is_postgres():

@@ -45,11 +45,25 @@ def _add_request_guards(database: peewee.Database) -> None:
     database.create_tables([IdempotentRequest, RateLimitWindow], safe=True)
 
 
+def _index_the_scheduler_queries(database: peewee.Database) -> None:
+    # What the scheduler takes: rows never dispatched, in due order, and rows whose lease lapsed.
+    # Partial, so that neither reads the rows already handed to the broker, however many are due.
+    database.execute_sql(
+        "CREATE INDEX IF NOT EXISTS notification_undispatched ON notification (channel, due_at)"
+        " WHERE status = 'Pending' AND lease_until IS NULL"
+    )
+    database.execute_sql(
+        "CREATE INDEX IF NOT EXISTS notification_leased ON notification (lease_until)"
+        " WHERE lease_until IS NOT NULL"
+    )
+
+
 # Append only: each entry brings the schema from its index to its index + 1.
 MIGRATIONS: list[Callable[[peewee.Database], None]] = [
     _create_v1,
     _add_worker_processes,
     _add_request_guards,
+    _index_the_scheduler_queries,
 ]
 
 

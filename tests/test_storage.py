@@ -288,3 +288,18 @@ def test_overlapping_claims_and_confirms_neither_deadlock_nor_claim_twice(db):
         t.join()
     assert errors == []
     assert sorted(claims) == sorted(str(n.id) for n in rows)
+
+
+def test_rows_whose_lease_lapsed_are_taken_before_fresh_ones(db):
+    old = make(due_in=-10)
+    take()
+    store.Notification.update(lease_until=utcnow() - dt.timedelta(seconds=1)).execute()
+    make(due_in=-20)  # due earlier, but never dispatched: it waits for the next pass
+    assert [d.notification_id for d in take(limit=1)] == [str(old.id)]
+
+
+def test_a_pass_takes_up_to_the_limit_for_each_channel(db):
+    for channel in ("email", "email", "push", "push"):
+        make(channel)
+    assert sorted(d.channel for d in take(limit=1)) == ["email", "push"]
+    assert [d.channel for d in take(limit=5, channels=["push"])] == ["push"]
