@@ -347,8 +347,8 @@ def _lease_pending(ids: list[str], lease_until: dt.datetime | None) -> None:
 
 # On PostgreSQL each of the worker's two writes per message is one statement for all the message's
 # rows, the transitions and their events together through data-modifying CTEs, with the SQL written
-# once. The claim locks its rows in id order, as ``confirm_dispatches`` does, so that the two,
-# racing over the same rows, queue rather than deadlock.
+# once. Every statement that changes many rows locks them in id order first, so that two of them
+# racing over the same rows queue rather than deadlock.
 # Rows are looked up by id alone, then checked: a condition on ``status`` would let the planner
 # scan a status index instead, which its statistics, stale after a bulk load, can make look cheap
 # (it then reads every Pending row for each statement).
@@ -376,15 +376,15 @@ SELECT * FROM claimed ORDER BY due_at, id
 _PG_DELIVERED = """
 WITH wanted AS (
     SELECT * FROM unnest(%s::uuid[], %s::int[]) AS w(id, seq)
-), current AS MATERIALIZED (
+), locked AS (
     SELECT id, status, dispatch_seq FROM notification WHERE id = ANY(%s::uuid[])
+    ORDER BY id
+    FOR UPDATE
 ), delivered AS (
     UPDATE notification n
     SET status = 'Delivered', delivered_at = %s, lease_until = NULL, updated_at = %s
-    FROM current JOIN wanted ON current.id = wanted.id AND current.dispatch_seq = wanted.seq
-    WHERE current.status = 'Processing'
-        -- Checked again on the row as it is when updated, should it have changed since.
-        AND n.id = current.id AND n.status = current.status AND n.dispatch_seq = current.dispatch_seq
+    FROM locked JOIN wanted ON locked.id = wanted.id AND locked.dispatch_seq = wanted.seq
+    WHERE n.id = locked.id AND locked.status = 'Processing'
     RETURNING n.id, n.delivered_at
 )
 INSERT INTO notification_event (notification_id, kind, at, host)

@@ -303,3 +303,42 @@ def test_a_pass_takes_up_to_the_limit_for_each_channel(db):
         make(channel)
     assert sorted(d.channel for d in take(limit=1)) == ["email", "push"]
     assert [d.channel for d in take(limit=5, channels=["push"])] == ["push"]
+
+
+def test_marks_of_delivery_racing_a_confirm_do_not_deadlock(db):
+    for _ in range(200):
+        make()
+    taken = take(limit=500)
+    store.claim({d.notification_id: d.seq for d in taken}, host="w", lease=60)
+    chunks = [taken[i::4] for i in range(4)]
+    delivered: list[str] = []
+    errors: list[Exception] = []
+    barrier = threading.Barrier(len(chunks) + 1)
+
+    def mark(chunk):
+        with storage.db.connection_context():
+            barrier.wait()
+            try:
+                for part in (chunk[::-1][i : i + 10] for i in range(0, len(chunk), 10)):
+                    delivered.extend(store.mark_delivered({d.notification_id: d.seq for d in part}, host="w"))
+            except Exception as exc:  # a deadlock would surface here
+                errors.append(exc)
+
+    def confirm():
+        with storage.db.connection_context():
+            barrier.wait()
+            try:
+                for _ in range(5):
+                    with storage.db.atomic():
+                        store.confirm_dispatches(taken, horizon=60, lease=600, host="s")
+            except Exception as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=mark, args=(chunk,)) for chunk in chunks]
+    threads.append(threading.Thread(target=confirm))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(delivered) == sorted(d.notification_id for d in taken)
