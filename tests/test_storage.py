@@ -254,39 +254,51 @@ def test_deferred_row_goes_back_uncounted_for_the_same_message(db):
     assert [e.kind for e in events.history(n.id)][-2:] == ["deferred", "attempt"]
 
 
+def all_at_once(*work) -> list[Exception]:
+    """Run each callable in a thread of its own with its own connection, all released together.
+
+    Returns what they raised: a deadlock PostgreSQL broke would be one of them.
+    """
+    errors: list[Exception] = []
+    barrier = threading.Barrier(len(work))
+
+    def run(job):
+        with storage.db.connection_context():
+            barrier.wait()
+            try:
+                job()
+            except Exception as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(job,)) for job in work]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
+def confirming(taken, times=1):
+    def confirm():
+        for _ in range(times):
+            with storage.db.atomic():
+                store.confirm_dispatches(list(reversed(taken)), horizon=60, lease=600, host="s")
+
+    return confirm
+
+
 def test_overlapping_claims_and_confirms_neither_deadlock_nor_claim_twice(db):
     rows = [make() for _ in range(60)]
     taken = take(limit=100)
     message = {d.notification_id: d.seq for d in taken}
     forwards, backwards = dict(message), dict(reversed(message.items()))
     claims: list[str] = []
-    errors: list[Exception] = []
-    barrier = threading.Barrier(5)
 
-    def claim(dispatches):
-        with storage.db.connection_context():
-            barrier.wait()
-            try:
-                claims.extend(str(n.id) for n in store.claim(dispatches, host="w", lease=60))
-            except Exception as exc:  # a deadlock would surface here
-                errors.append(exc)
+    def claiming(dispatches):
+        return lambda: claims.extend(str(n.id) for n in store.claim(dispatches, host="w", lease=60))
 
-    def confirm():
-        with storage.db.connection_context():
-            barrier.wait()
-            try:
-                with storage.db.atomic():
-                    store.confirm_dispatches(list(reversed(taken)), horizon=60, lease=600, host="s")
-            except Exception as exc:
-                errors.append(exc)
-
-    threads = [threading.Thread(target=claim, args=(d,)) for d in (forwards, backwards, forwards, backwards)]
-    threads.append(threading.Thread(target=confirm))
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    orders = (forwards, backwards, forwards, backwards)
+    assert all_at_once(*(claiming(d) for d in orders), confirming(taken)) == []
     assert sorted(claims) == sorted(str(n.id) for n in rows)
 
 
@@ -310,35 +322,15 @@ def test_marks_of_delivery_racing_a_confirm_do_not_deadlock(db):
         make()
     taken = take(limit=500)
     store.claim({d.notification_id: d.seq for d in taken}, host="w", lease=60)
-    chunks = [taken[i::4] for i in range(4)]
     delivered: list[str] = []
-    errors: list[Exception] = []
-    barrier = threading.Barrier(len(chunks) + 1)
 
-    def mark(chunk):
-        with storage.db.connection_context():
-            barrier.wait()
-            try:
-                for part in (chunk[::-1][i : i + 10] for i in range(0, len(chunk), 10)):
-                    delivered.extend(store.mark_delivered({d.notification_id: d.seq for d in part}, host="w"))
-            except Exception as exc:  # a deadlock would surface here
-                errors.append(exc)
+    def marking(chunk):
+        def mark():
+            for part in (chunk[::-1][i : i + 10] for i in range(0, len(chunk), 10)):
+                delivered.extend(store.mark_delivered({d.notification_id: d.seq for d in part}, host="w"))
 
-    def confirm():
-        with storage.db.connection_context():
-            barrier.wait()
-            try:
-                for _ in range(5):
-                    with storage.db.atomic():
-                        store.confirm_dispatches(taken, horizon=60, lease=600, host="s")
-            except Exception as exc:
-                errors.append(exc)
+        return mark
 
-    threads = [threading.Thread(target=mark, args=(chunk,)) for chunk in chunks]
-    threads.append(threading.Thread(target=confirm))
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    chunks = [taken[i::4] for i in range(4)]
+    assert all_at_once(*(marking(chunk) for chunk in chunks), confirming(taken, times=5)) == []
     assert sorted(delivered) == sorted(d.notification_id for d in taken)
