@@ -107,9 +107,7 @@ def test_a_failure_in_a_message_retries_only_its_own_notification(service, push_
         kinds = history(fresh_postgres_url, nid)
         assert kinds.count("delivered") == 1 and "skipped" not in kinds, kinds
     with storage.db.connection_context():
-        first_claims = {
-            events.history(nid).where(events.NotificationEvent.kind == "attempt")[0].at for nid in ids
-        }
+        first_claims = {next(e.at for e in events.history(nid) if e.kind == "attempt") for nid in ids}
     assert len(first_claims) == 1, "one message claimed all five at once"
 
 
