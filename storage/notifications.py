@@ -119,16 +119,11 @@ _CREATE_COLUMNS = (
     "dispatch_seq", "api_host", "created_at", "updated_at",
 )  # fmt: skip
 
-# The API's one write per notification on PostgreSQL: the row and its "created" event in one
-# statement, sent with the scheduler's NOTIFY as one round trip and one transaction.
+# The API's one write per notification on PostgreSQL: the row, sent with the schedulers' NOTIFY as
+# one round trip and one transaction. Its "created" event is the row itself (see events.history).
 _PG_CREATE = f"""
-WITH created AS (
-    INSERT INTO notification ({", ".join(_CREATE_COLUMNS)})
-    VALUES ({", ".join(["%s"] * len(_CREATE_COLUMNS))})
-    RETURNING id, created_at, api_host
-)
-INSERT INTO notification_event (notification_id, kind, at, host)
-SELECT id, 'created', created_at, api_host FROM created
+INSERT INTO notification ({", ".join(_CREATE_COLUMNS)})
+VALUES ({", ".join(["%s"] * len(_CREATE_COLUMNS))})
 """
 
 
@@ -145,7 +140,6 @@ def create(*, host: str, wake: bool = False, **fields: Any) -> Notification:
         return notification
     with db.atomic():
         notification = Notification.create(api_host=host, created_at=now, updated_at=now, **fields)
-        events.record(notification.id, "created", host, at=now)
         if wake:
             wakeups.notify_due()
     return notification
@@ -163,27 +157,21 @@ def create_many(rows: list[dict[str, Any]], *, host: str, wake: bool = False) ->
             _pg_insert_many(notifications)
         else:
             Notification.insert_many([n.__data__ for n in notifications]).execute()
-            events.record_many(ids, "created", host, at=now)
         if wake:
             wakeups.notify_due()
     return ids
 
 
 def _pg_insert_many(notifications: list[Notification]) -> None:
-    """The rows and their "created" events in two statements, with SQL written once, not per row."""
+    """The rows in one statement, with SQL written once, not per row."""
     from psycopg2.extras import execute_values
 
     fields = [Notification._meta.fields[name] for name in _CREATE_COLUMNS]
     values = [[field.db_value(getattr(n, field.name)) for field in fields] for n in notifications]
-    cursor = db.cursor()
     execute_values(
-        cursor, f"INSERT INTO notification ({', '.join(_CREATE_COLUMNS)}) VALUES %s", values, page_size=1000
-    )
-    events_rows = [(str(n.id), "created", n.created_at, n.api_host) for n in notifications]
-    execute_values(
-        cursor,
-        "INSERT INTO notification_event (notification_id, kind, at, host) VALUES %s",
-        events_rows,
+        db.cursor(),
+        f"INSERT INTO notification ({', '.join(_CREATE_COLUMNS)}) VALUES %s",
+        values,
         page_size=1000,
     )
 

@@ -23,8 +23,29 @@ def take(horizon=60.0, lease=600.0, limit=100, channels=None):
 
 def test_create_records_a_created_event(db):
     n = make()
-    assert [e.kind for e in events.history(n.id)] == ["created"]
+    (created,) = events.history(n.id)
+    assert (created.kind, created.at, created.host) == ("created", n.created_at, "api-1")
     assert store.get(n.id).status == store.PENDING
+
+
+def test_created_is_read_from_the_row_not_stored_twice(db):
+    n = make()
+    assert events.NotificationEvent.select().count() == 0  # accepting writes the row alone
+    # A "created" event stored by an earlier version says the same as the row: shown once.
+    events.record(n.id, "created", "api-1", at=n.created_at)
+    assert [e.kind for e in events.history(n.id)] == ["created"]
+    assert events.history("00000000-0000-0000-0000-000000000000") == []
+
+
+def test_a_batch_is_created_without_event_rows(db):
+    now = utcnow()
+    row = {
+        "channel": "push", "recipient_id": "r1", "content": "hello", "timezone": "UTC",
+        "scheduled_time": now, "appropriate_delivery": True, "due_at": now,
+    }  # fmt: skip
+    ids = store.create_many([row, row], host="api-2")
+    assert events.NotificationEvent.select().count() == 0
+    assert [[(e.kind, e.host) for e in events.history(i)] for i in ids] == [[("created", "api-2")]] * 2
 
 
 def test_take_due_takes_only_rows_within_the_horizon(db):
