@@ -7,6 +7,7 @@ processes (a worker claiming, a client cancelling) exactly one wins, without a r
 from __future__ import annotations
 
 import datetime as dt
+import io
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -148,32 +149,53 @@ def create(*, host: str, wake: bool = False, **fields: Any) -> Notification:
 def create_many(rows: list[dict[str, Any]], *, host: str, wake: bool = False) -> list[uuid.UUID]:
     """Insert many notifications in one transaction, all or none; return their ids in order."""
     now = utcnow()
-    notifications = [
-        Notification(id=uuid.uuid4(), api_host=host, created_at=now, updated_at=now, **row) for row in rows
-    ]
-    ids = [n.id for n in notifications]
+    ids = [uuid.uuid4() for _ in rows]
+    accepted = {**_ACCEPTED, "api_host": host, "created_at": now, "updated_at": now}
+    records = [{**accepted, **row, "id": nid} for nid, row in zip(ids, rows, strict=True)]
     with db.atomic():
         if is_postgres():
-            _pg_insert_many(notifications)
+            _pg_copy(records)
         else:
-            Notification.insert_many([n.__data__ for n in notifications]).execute()
+            Notification.insert_many(records).execute()
         if wake:
             wakeups.notify_due()
     return ids
 
 
-def _pg_insert_many(notifications: list[Notification]) -> None:
-    """The rows in one statement, with SQL written once, not per row."""
-    from psycopg2.extras import execute_values
+# What a notification starts with, besides what the client sent and when and where it was accepted.
+_ACCEPTED = {
+    "subject": None, "title": None, "data": None, "status": PENDING, "attempt_count": 0,
+    "attempts_at_force": 0, "forced": False, "dispatch_seq": 0,
+}  # fmt: skip
 
-    fields = [Notification._meta.fields[name] for name in _CREATE_COLUMNS]
-    values = [[field.db_value(getattr(n, field.name)) for field in fields] for n in notifications]
-    execute_values(
-        db.cursor(),
-        f"INSERT INTO notification ({', '.join(_CREATE_COLUMNS)}) VALUES %s",
-        values,
-        page_size=1000,
-    )
+# COPY's text format: a field is its text with these characters escaped, or \N for NULL.
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_field(value: Any) -> str:
+    if value is None:
+        return "\\N"
+    if value is True or value is False:
+        return "t" if value else "f"
+    if not isinstance(value, str):
+        return str(value)  # numbers, UUIDs, naive UTC datetimes: no character that needs escaping
+    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+        return value.translate(_COPY_ESCAPES)
+    return value
+
+
+def _pg_copy(records: list[dict[str, Any]]) -> None:
+    """The rows in one COPY: PostgreSQL parses far less than for an INSERT of as many rows."""
+    data = Notification.data.db_value
+    lines = []
+    for record in records:
+        record["data"] = data(record["data"])
+        lines.append("\t".join([_copy_field(record[name]) for name in _CREATE_COLUMNS]))
+    lines.append("")
+    with peewee.__exception_wrapper__:  # type: ignore[attr-defined]
+        db.cursor().copy_expert(
+            f"COPY notification ({', '.join(_CREATE_COLUMNS)}) FROM STDIN", io.StringIO("\n".join(lines))
+        )
 
 
 def get(notification_id: Any) -> Notification:

@@ -48,6 +48,33 @@ def test_a_batch_is_created_without_event_rows(db):
     assert [[(e.kind, e.host) for e in events.history(i)] for i in ids] == [[("created", "api-2")]] * 2
 
 
+def test_a_batch_stores_every_character_as_sent(db):
+    now = utcnow()
+    awkward = 'back\\slash \\N tab\t new\nline cr\r \\. quote" ü 😀 \u2028'
+    row = {
+        "channel": "push", "recipient_id": "r\\1", "content": awkward, "title": "\\N",
+        "timezone": "Asia/Tokyo", "data": {"k\t": [awkward, None, 1.5, True]}, "scheduled_time": now,
+        "appropriate_delivery": False,
+        "due_at": now + dt.timedelta(hours=1),
+    }  # fmt: skip
+    email = {**row, "channel": "email", "title": None, "data": None, "subject": "Invoice"}
+    pushed, mailed = (store.get(i) for i in store.create_many([row, email], host="api-2"))
+    for stored, sent in ((pushed, row), (mailed, email)):
+        assert {name: getattr(stored, name) for name in sent} == sent
+    assert (mailed.title, mailed.data, pushed.subject) == (None, None, None)
+    assert (pushed.status, pushed.attempt_count, pushed.forced, pushed.dispatch_seq) == (
+        store.PENDING,
+        0,
+        False,
+        0,
+    )
+    assert (pushed.api_host, pushed.created_at, pushed.updated_at) == (
+        "api-2",
+        pushed.created_at,
+        pushed.created_at,
+    )
+
+
 def test_take_due_takes_only_rows_within_the_horizon(db):
     soon, later = make(due_in=30), make(due_in=3600)
     taken = take(horizon=60)
