@@ -85,6 +85,9 @@ def configure(
     """
     if logging.getLogger().handlers and not replace:
         return None
+    # No format here names the caller's file, line or function: skip finding them for every record
+    # (the logging HOWTO's "Optimization" section).
+    logging._srcfile = None  # type: ignore[attr-defined]
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     enqueue = logging.handlers.QueueHandler(records)
     enqueue.addFilter(ContextFilter())
