@@ -164,7 +164,7 @@ class BatchItem(fields.Field):
             raise ValidationError("Must be an object.")
         body = dict(value)
         channel = body.pop("channel", None)
-        if channel not in self.schemas:
+        if not isinstance(channel, str) or channel not in self.schemas:  # a list is no dict key: 422, not 500
             raise ValidationError({"channel": ["Must be one of: push, email."]})
         loaded = plain_push(body) if channel == "push" else None
         return {"channel": channel, **(loaded or self.schemas[channel].load(body))}

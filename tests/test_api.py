@@ -267,7 +267,13 @@ def test_batch_is_all_or_nothing_and_names_the_bad_item_and_field(app, client):
 
 @pytest.mark.parametrize(
     "body",
-    [{}, {"notifications": []}, {"notifications": [{"channel": "sms", **PUSH}]}, {"notifications": [1]}],
+    [
+        {},
+        {"notifications": []},
+        {"notifications": [{"channel": "sms", **PUSH}]},
+        {"notifications": [{"channel": ["push"], **PUSH}]},
+        {"notifications": [1]},
+    ],
 )
 def test_bad_batches_are_422(client, body):
     assert client.post("/notifications/batch", json=body).status_code == 422
