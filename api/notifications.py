@@ -73,7 +73,7 @@ def _accepted(rows: list[dict[str, Any]], *, woke: bool) -> None:
     if woke:
         dispatch.wake_schedulers()
     for channel, count in Counter(row["channel"] for row in rows).items():
-        prometheus.ACCEPTED.labels(channel).inc(count)
+        prometheus.ACCEPTED_BY_CHANNEL[channel].inc(count)
 
 
 def _accept(channel: str, fields: dict[str, Any]) -> dict[str, Any]:

@@ -121,6 +121,12 @@ _CREATE_COLUMNS = (
     "dispatch_seq", "api_host", "created_at", "updated_at",
 )  # fmt: skip
 
+# What a notification starts with, besides what the client sent and when and where it was accepted.
+_ACCEPTED = {
+    "subject": None, "title": None, "data": None, "status": PENDING, "attempt_count": 0,
+    "attempts_at_force": 0, "forced": False, "dispatch_seq": 0,
+}  # fmt: skip
+
 # The API's one write per notification on PostgreSQL: the row, sent with the schedulers' NOTIFY as
 # one round trip and one transaction. Its "created" event is the row itself (see events.history).
 _PG_CREATE = f"""
@@ -133,13 +139,19 @@ def create(*, host: str, wake: bool = False, **fields: Any) -> Notification:
     """Insert one notification; ``wake`` tells schedulers at commit that it falls due soon."""
     now = utcnow()
     if is_postgres():
-        notification = Notification(id=uuid.uuid4(), api_host=host, created_at=now, updated_at=now, **fields)
-        values = [
-            Notification._meta.fields[name].db_value(getattr(notification, name)) for name in _CREATE_COLUMNS
-        ]
+        record = {
+            **_ACCEPTED,
+            **fields,
+            "id": uuid.uuid4(),
+            "api_host": host,
+            "created_at": now,
+            "updated_at": now,
+        }
+        params = {**record, "id": str(record["id"]), "data": Notification.data.db_value(record["data"])}
         sql = _PG_CREATE + (f"; NOTIFY {wakeups.CHANNEL}" if wake else "")
-        db.execute_sql(sql, values)
-        return notification
+        db.execute_sql(sql, [params[name] for name in _CREATE_COLUMNS])
+        # Without the model's defaults, which would draw another uuid4 (a system call) for nothing.
+        return Notification(__no_default__=True, **record)
     with db.atomic():
         notification = Notification.create(api_host=host, created_at=now, updated_at=now, **fields)
         if wake:
@@ -171,12 +183,6 @@ def _random_ids(count: int) -> list[str]:
     return [str(uuid.UUID(bytes=randomness[i : i + 16], version=4)) for i in range(0, 16 * count, 16)]
 
 
-# What a notification starts with, besides what the client sent and when and where it was accepted.
-_ACCEPTED = {
-    "subject": None, "title": None, "data": None, "status": PENDING, "attempt_count": 0,
-    "attempts_at_force": 0, "forced": False, "dispatch_seq": 0,
-}  # fmt: skip
-
 # COPY's text format: a field is its text with these characters escaped, or \N for NULL.
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
@@ -195,11 +201,6 @@ def _pg_copy(ids: list[str], rows: list[dict[str, Any]], *, host: str, now: dt.d
     Each line is written for the columns' known types: the client's text escaped, the rest as it is
     (a channel, an IANA zone name, numbers and naive UTC datetimes hold no character to escape).
     """
-    columns = (
-        "id, channel, recipient_id, content, subject, title, data, timezone, scheduled_time, "
-        "appropriate_delivery, due_at, status, attempt_count, attempts_at_force, forced, dispatch_seq, "
-        "api_host, created_at, updated_at"
-    )
     accepted = f"\t{PENDING}\t0\t0\tf\t0\t{_copy_text(host)}\t{now}\t{now}\n"
     data = Notification.data.db_value
     lines = [
@@ -210,7 +211,9 @@ def _pg_copy(ids: list[str], rows: list[dict[str, Any]], *, host: str, now: dt.d
         for nid, row in zip(ids, rows, strict=True)
     ]
     with peewee.__exception_wrapper__:  # type: ignore[attr-defined]
-        db.cursor().copy_expert(f"COPY notification ({columns}) FROM STDIN", io.StringIO("".join(lines)))
+        db.cursor().copy_expert(
+            f"COPY notification ({', '.join(_CREATE_COLUMNS)}) FROM STDIN", io.StringIO("".join(lines))
+        )
 
 
 def get(notification_id: Any) -> Notification:

@@ -28,6 +28,14 @@ def test_create_records_a_created_event(db):
     assert store.get(n.id).status == store.PENDING
 
 
+def test_create_returns_the_row_as_stored(db):
+    n = make(title="t", data={"a": [1, None]})
+    fields = store.Notification._meta.fields
+    assert {name: getattr(n, name) for name in fields} == {
+        name: getattr(store.get(n.id), name) for name in fields
+    }
+
+
 def test_created_is_read_from_the_row_not_stored_twice(db):
     n = make()
     assert events.NotificationEvent.select().count() == 0  # accepting writes the row alone
