@@ -27,7 +27,7 @@ class Text(fields.String):
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         text = typing.cast(str, super()._deserialize(value, attr, data, **kwargs))
-        if "\x00" in text or not _encodable(text):
+        if "\x00" in text or not encodable(text):
             raise ValidationError("Must not contain NUL characters or unpaired surrogates.")
         return text
 
@@ -63,7 +63,7 @@ def _depth(value: Any, stop_after: int) -> int:
     return deepest
 
 
-def _encodable(text: str) -> bool:
+def encodable(text: str) -> bool:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

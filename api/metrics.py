@@ -53,7 +53,7 @@ class MetricsSchema(Schema):
 
 @blp.route("")
 class Metrics(MethodView):
-    @blp.arguments(MetricsArgs, location="query")
+    @blp.arguments(MetricsArgs(), location="query")
     @blp.response(200, MetricsSchema)
     def get(self, args):
         """Notifications active in the last period, by host, channel and status"""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections import Counter
 from typing import Any
 
 from flask.views import MethodView
@@ -36,6 +37,8 @@ blp = Blueprint(
     "notifications", __name__, url_prefix="/notifications", description="Push and email notifications"
 )
 blp.ARGUMENTS_PARSER = JsonParser()
+# Argument schemas are given as instances: given a class, webargs makes a new schema per request,
+# which costs more than the load itself.
 
 
 def _row(channel: str, fields: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
@@ -69,8 +72,8 @@ def _accepted(rows: list[dict[str, Any]], *, woke: bool) -> None:
     """What follows storing accepted rows: wake this process's scheduler, count them."""
     if woke:
         dispatch.wake_schedulers()
-    for row in rows:
-        prometheus.ACCEPTED.labels(row["channel"]).inc()
+    for channel, count in Counter(row["channel"] for row in rows).items():
+        prometheus.ACCEPTED_BY_CHANNEL[channel].inc(count)
 
 
 def _accept(channel: str, fields: dict[str, Any]) -> dict[str, Any]:
@@ -101,7 +104,7 @@ def _found(action, notification_id, **kwargs):
 @blp.route("/push")
 class PushNotifications(MethodView):
     @idempotent(blp)
-    @blp.arguments(PushRequest)
+    @blp.arguments(PushRequest())
     @blp.response(202, AcceptedResponse)
     @blp.alt_response(413, response="REQUEST_ENTITY_TOO_LARGE")
     def post(self, fields):
@@ -112,7 +115,7 @@ class PushNotifications(MethodView):
 @blp.route("/email")
 class EmailNotifications(MethodView):
     @idempotent(blp)
-    @blp.arguments(EmailRequest)
+    @blp.arguments(EmailRequest())
     @blp.response(202, AcceptedResponse)
     @blp.alt_response(413, response="REQUEST_ENTITY_TOO_LARGE")
     def post(self, fields):
@@ -123,7 +126,7 @@ class EmailNotifications(MethodView):
 @blp.route("/batch")
 class NotificationBatch(MethodView):
     @idempotent(blp)
-    @blp.arguments(BatchRequest)
+    @blp.arguments(BatchRequest())
     @blp.response(202, BatchResponse)
     @blp.alt_response(413, response="REQUEST_ENTITY_TOO_LARGE")
     def post(self, batch):
@@ -144,7 +147,7 @@ class NotificationBatch(MethodView):
 
 @blp.route("")
 class Notifications(MethodView):
-    @blp.arguments(ListArgs, location="query")
+    @blp.arguments(ListArgs(), location="query")
     @blp.response(200, NotificationList)
     def get(self, args):
         """List notifications, newest first"""

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+from typing import TypeGuard
 from zoneinfo import ZoneInfo, available_timezones
 
 from marshmallow import Schema, ValidationError, fields, post_load, validate, validates
 
 import settings
-from api.limits import Text, bounded_json, printable
+from api.limits import Text, bounded_json, encodable, printable
 from storage.clock import from_db
 from storage.notifications import CHANNELS, STATUSES, Notification
 
@@ -49,13 +50,17 @@ class NotificationRequest(Schema):
 
     @validates("scheduled_time")
     def _not_too_far(self, value: dt.datetime | None, **_kwargs) -> None:
-        if value is None:
-            return
-        if value.year < 1970:
-            raise ValidationError("Must not be before 1970.")
-        aware = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-        if aware - dt.datetime.now(dt.UTC) > MAX_SCHEDULE_AHEAD:
-            raise ValidationError("Must be within ten years from now.")
+        _check_schedule(value)
+
+
+def _check_schedule(value: dt.datetime | None) -> None:
+    if value is None:
+        return
+    if value.year < 1970:
+        raise ValidationError("Must not be before 1970.")
+    aware = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    if aware - dt.datetime.now(dt.UTC) > MAX_SCHEDULE_AHEAD:
+        raise ValidationError("Must be within ten years from now.")
 
 
 class PushRequest(NotificationRequest):
@@ -87,19 +92,82 @@ class EmailRequest(NotificationRequest):
         return data
 
 
+_PUSH_FIELDS = frozenset(PushRequest._declared_fields)
+
+
+def plain_push(body: dict) -> dict | None:
+    """What ``PushRequest().load(body)`` returns, for a push request of the usual shape; else None.
+
+    A batch of 1,000 spent most of its time in marshmallow's machinery, item after item. This
+    checks the same rules straight, for values of the types JSON gives, and declines (None)
+    whatever is unusual or invalid, so that the schema decides those and words every error.
+    """
+    if not body.keys() <= _PUSH_FIELDS:
+        return None
+    recipient, content = body.get("recipient_id"), body.get("content")
+    if not (_plain_text(recipient, 1, 255) and recipient.isprintable() and recipient.strip()):
+        return None
+    if not _plain_text(content, 1, MAX_CONTENT):
+        return None
+    zone = body.get("timezone", settings.DEFAULT_TIMEZONE)
+    if type(zone) is not str or zone not in _zones():
+        return None
+    scheduled_time = body.get("scheduled_time")
+    if scheduled_time is not None:
+        if type(scheduled_time) is not str:
+            return None
+        try:
+            scheduled_time = dt.datetime.fromisoformat(scheduled_time)  # as fields.DateTime does
+            _check_schedule(scheduled_time)
+        except (ValueError, ValidationError):
+            return None
+    title = body.get("title")
+    if title is not None and not _plain_text(title, 0, 255):
+        return None
+    data = body.get("data")
+    if data is not None:
+        if type(data) is not dict or not all(type(key) is str for key in data):
+            return None
+        data = dict(data)
+        try:
+            bounded_json(data)
+        except ValidationError:
+            return None
+    return {
+        "recipient_id": recipient,
+        "content": content,
+        "timezone": ZoneInfo(zone),
+        "scheduled_time": scheduled_time,
+        "title": title,
+        "data": data,
+    }
+
+
+def _plain_text(value: object, shortest: int, longest: int) -> TypeGuard[str]:
+    """A string ``Text`` accepts as it is, of a length ``validate.Length`` accepts."""
+    return (
+        type(value) is str
+        and shortest <= len(value) <= longest
+        and "\x00" not in value
+        and (value.isascii() or encodable(value))
+    )
+
+
 class BatchItem(fields.Field):
     """One notification of a batch: a push or an email request, chosen by its ``channel``."""
 
-    schemas = {"push": PushRequest, "email": EmailRequest}
+    # Instances made once: a schema loads any number of times, and making one costs more than a load.
+    schemas = {"push": PushRequest(), "email": EmailRequest()}
 
     def _deserialize(self, value, attr, data, **kwargs):
         if not isinstance(value, dict):
             raise ValidationError("Must be an object.")
         body = dict(value)
         channel = body.pop("channel", None)
-        if channel not in self.schemas:
+        if not isinstance(channel, str) or channel not in self.schemas:  # a list is no dict key: 422, not 500
             raise ValidationError({"channel": ["Must be one of: push, email."]})
-        return {"channel": channel, **self.schemas[channel]().load(body)}
+        loaded = plain_push(body) if channel == "push" else None
+        return {"channel": channel, **(loaded or self.schemas[channel].load(body))}
 
 
 class BatchRequest(Schema):

@@ -11,6 +11,8 @@ def utcnow() -> dt.datetime:
 
 def to_db(moment: dt.datetime) -> dt.datetime:
     """An aware datetime as the naive UTC value stored in a column."""
+    if moment.tzinfo is dt.UTC:  # most are already: no conversion to pay for
+        return moment.replace(tzinfo=None)
     return moment.astimezone(dt.UTC).replace(tzinfo=None)
 
 

@@ -36,10 +36,25 @@ def record_many(notification_ids: Iterable[Any], kind: str, host: str, at: dt.da
         NotificationEvent.insert_many(rows).execute()
 
 
-def history(notification_id: Any) -> peewee.ModelSelect[NotificationEvent]:
-    """The events of one notification, oldest first."""
-    return (
+def history(notification_id: Any) -> list[NotificationEvent]:
+    """The events of one notification, oldest first.
+
+    "created" is not stored as an event: the notification's row already says when and by which host
+    it was accepted, so that event is read from there (and a "created" row stored by an earlier
+    version, which says the same, is left out).
+    """
+    from storage.notifications import Notification  # which imports this module
+
+    accepted = Notification.select(Notification.created_at, Notification.api_host).where(
+        Notification.id == notification_id
+    )
+    created = [
+        NotificationEvent(notification_id=notification_id, kind="created", at=n.created_at, host=n.api_host)
+        for n in accepted
+    ]
+    later = (
         NotificationEvent.select()
-        .where(NotificationEvent.notification_id == notification_id)
+        .where((NotificationEvent.notification_id == notification_id) & (NotificationEvent.kind != "created"))
         .order_by(NotificationEvent.at, NotificationEvent.id)
     )
+    return created + list(later)

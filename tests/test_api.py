@@ -6,7 +6,12 @@ import datetime as dt
 import uuid
 
 import pytest
+from flask import Flask
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from marshmallow import ValidationError
 
+from api import schemas
 from storage import notifications as store
 
 PUSH = {"recipient_id": "user123", "content": "Your order has been shipped!"}
@@ -262,10 +267,114 @@ def test_batch_is_all_or_nothing_and_names_the_bad_item_and_field(app, client):
 
 @pytest.mark.parametrize(
     "body",
-    [{}, {"notifications": []}, {"notifications": [{"channel": "sms", **PUSH}]}, {"notifications": [1]}],
+    [
+        {},
+        {"notifications": []},
+        {"notifications": [{"channel": "sms", **PUSH}]},
+        {"notifications": [{"channel": ["push"], **PUSH}]},
+        {"notifications": [1]},
+    ],
 )
 def test_bad_batches_are_422(client, body):
     assert client.post("/notifications/batch", json=body).status_code == 422
+
+
+_TIMES = [
+    "2030-01-01T23:00:00", "2030-01-01T23:00:00+02:00", "2030-01-01T23:00:00Z", "2030-01-01",
+    "1969-12-31T23:59:59", "2999-01-01T00:00:00", "20300101T230000", "2030-13-01T00:00:00", "not a time", "",
+]  # fmt: skip
+_ODD_TEXT = [
+    "",
+    " ",
+    "a" * 255,
+    "a" * 256,
+    "x" * 10_000,
+    "x" * 10_001,
+    "a\x00b",
+    "\ud800",
+    "tab\tx",
+    "\u2028",
+    "ü",
+]
+NEAR_FUTURE = dt.datetime(2031, 1, 1)
+_ANY_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    max_leaves=12,
+)
+
+
+def _field(usual, odd):
+    """Half the time a usual value, else one at or past a limit, or of another type."""
+    unusual = st.sampled_from(odd) | st.text(max_size=20) | st.none() | st.integers() | st.booleans()
+    return st.booleans().flatmap(lambda is_usual: usual if is_usual else unusual)
+
+
+_NAMES = st.text(st.characters(codec="utf-8", categories=["L", "N", "P"]), min_size=1, max_size=30)
+_PUSH_BODIES = st.fixed_dictionaries(
+    {"recipient_id": _field(_NAMES, _ODD_TEXT), "content": _field(_NAMES, _ODD_TEXT)},
+    optional={
+        "timezone": _field(st.sampled_from(["UTC", "Asia/Tokyo", "America/New_York"]), ["Mars/Base", "utc"]),
+        "scheduled_time": _field(st.datetimes(dt.datetime(1970, 1, 2), NEAR_FUTURE).map(str), _TIMES),
+        "title": _field(_NAMES, _ODD_TEXT),
+        "data": _field(st.dictionaries(st.text(max_size=3), _ANY_JSON, max_size=3), [{"big": "x" * 5000}]),
+    },
+)
+
+
+@given(body=_PUSH_BODIES)
+@settings(max_examples=400, deadline=None, database=None)
+def test_a_batch_push_item_loads_as_the_schema_loads_it(body):
+    """plain_push, batches' quick path, gives the schema's result or declines, never another answer."""
+    app = Flask(__name__)
+    app.config.update(MAX_DATA_BYTES=4096, MAX_DATA_DEPTH=5)
+    with app.app_context():
+        quick = schemas.plain_push(dict(body))
+        try:
+            loaded = schemas.PushRequest().load(dict(body))
+        except ValidationError:
+            assert quick is None
+        else:
+            assert quick is None or quick == loaded
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        PUSH,
+        {**PUSH, "title": "t", "data": {"order": [1, {"a": None}]}, "timezone": "Asia/Tokyo"},
+        {**PUSH, "scheduled_time": "2030-01-01T23:00:00", "title": None, "data": None},
+        {**PUSH, "recipient_id": "ünïcode", "content": "ç" * 10_000, "scheduled_time": None},
+    ],
+)
+def test_usual_push_items_take_the_quick_path(app, body):
+    with app.app_context():
+        assert schemas.plain_push(dict(body)) == schemas.PushRequest().load(dict(body))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"content": ""},
+        {"recipient_id": "a\nb"},
+        {"recipient_id": "   "},
+        {"timezone": "Mars/Base"},
+        {"scheduled_time": "1969-12-31T23:59:59"},
+        {"scheduled_time": "soon"},
+        {"title": "t" * 256},
+        {"data": {"a": {"b": {"c": {"d": {"e": {"f": 1}}}}}}},
+        {"data": [1]},
+        {"colour": "red"},
+    ],
+)
+def test_a_bad_push_item_in_a_batch_gets_the_single_requests_errors(app, client, bad):
+    single = post(client, "push", **{**PUSH, **bad})
+    items = [{"channel": "push", **PUSH}, {"channel": "push", **{**PUSH, **bad}}]
+    batch = client.post("/notifications/batch", json={"notifications": items})
+    assert single.status_code == batch.status_code == 422
+    assert batch.json["errors"]["json"] == {"notifications": {"1": single.json["errors"]["json"]}}
+    with app.app_context():
+        assert store.Notification.select().count() == 0
 
 
 def test_batch_over_1000_is_rejected(client):

@@ -23,8 +23,64 @@ def take(horizon=60.0, lease=600.0, limit=100, channels=None):
 
 def test_create_records_a_created_event(db):
     n = make()
-    assert [e.kind for e in events.history(n.id)] == ["created"]
+    (created,) = events.history(n.id)
+    assert (created.kind, created.at, created.host) == ("created", n.created_at, "api-1")
     assert store.get(n.id).status == store.PENDING
+
+
+def test_create_returns_the_row_as_stored(db):
+    n = make(title="t", data={"a": [1, None]})
+    fields = store.Notification._meta.fields
+    assert {name: getattr(n, name) for name in fields} == {
+        name: getattr(store.get(n.id), name) for name in fields
+    }
+
+
+def test_created_is_read_from_the_row_not_stored_twice(db):
+    n = make()
+    assert events.NotificationEvent.select().count() == 0  # accepting writes the row alone
+    # A "created" event stored by an earlier version says the same as the row: shown once.
+    events.record(n.id, "created", "api-1", at=n.created_at)
+    assert [e.kind for e in events.history(n.id)] == ["created"]
+    assert events.history("00000000-0000-0000-0000-000000000000") == []
+
+
+def test_a_batch_is_created_without_event_rows(db):
+    now = utcnow()
+    row = {
+        "channel": "push", "recipient_id": "r1", "content": "hello", "timezone": "UTC",
+        "scheduled_time": now, "appropriate_delivery": True, "due_at": now,
+    }  # fmt: skip
+    ids = store.create_many([row, row], host="api-2")
+    assert events.NotificationEvent.select().count() == 0
+    assert [[(e.kind, e.host) for e in events.history(i)] for i in ids] == [[("created", "api-2")]] * 2
+
+
+def test_a_batch_stores_every_character_as_sent(db):
+    now = utcnow()
+    awkward = 'back\\slash \\N tab\t new\nline cr\r \\. quote" ü 😀 \u2028'
+    row = {
+        "channel": "push", "recipient_id": "r\\1", "content": awkward, "title": "\\N",
+        "timezone": "Asia/Tokyo", "data": {"k\t": [awkward, None, 1.5, True]}, "scheduled_time": now,
+        "appropriate_delivery": False,
+        "due_at": now + dt.timedelta(hours=1),
+    }  # fmt: skip
+    email = {**row, "channel": "email", "title": None, "data": None, "subject": "Invoice"}
+    pushed, mailed = (store.get(i) for i in store.create_many([row, email], host="api-2"))
+    for stored, sent in ((pushed, row), (mailed, email)):
+        assert {name: getattr(stored, name) for name in sent} == sent
+    assert (mailed.title, mailed.data, pushed.subject) == (None, None, None)
+    assert (pushed.status, pushed.attempt_count, pushed.forced, pushed.dispatch_seq) == (
+        store.PENDING,
+        0,
+        False,
+        0,
+    )
+    assert (pushed.api_host, pushed.created_at, pushed.updated_at) == (
+        "api-2",
+        pushed.created_at,
+        pushed.created_at,
+    )
 
 
 def test_take_due_takes_only_rows_within_the_horizon(db):

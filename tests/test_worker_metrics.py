@@ -235,3 +235,28 @@ def test_configured_logging_writes_one_prefixed_line_per_record_from_any_thread(
     assert "second" in lines[0]
     assert lines[1].endswith("tests.queued: plain argument")
     assert "INFO:" not in stream.getvalue()
+
+
+def test_pending_lines_are_written_whole_a_pipe_buffer_at_most_at_a_time():
+    import select
+
+    class Recording(io.StringIO):
+        def __init__(self) -> None:
+            super().__init__()
+            self.writes: list[str] = []
+
+        def write(self, text: str) -> int:
+            self.writes.append(text)
+            return super().write(text)
+
+    stream = Recording()
+    writer = logs.Writer(logs.Pending(), logs.handler(stream))
+    long_line = "y" * (select.PIPE_BUF + 10)
+    for i, message in enumerate([f"record {i} " + "x" * 200 for i in range(60)] + [long_line, "last"]):
+        writer.pending.put_nowait(logging.makeLogRecord({"msg": message, "name": f"tests.n{i}"}))
+    writer.stop()  # never started: writes what is pending
+    lines = stream.getvalue().splitlines()
+    assert [line.split(": ", 1)[1] for line in lines[:2]] == [f"record {i} " + "x" * 200 for i in range(2)]
+    assert len(lines) == 62 and lines[-2].endswith(long_line) and lines[-1].endswith("last")
+    assert len(stream.writes) > 2 and all(w.endswith("\n") for w in stream.writes)
+    assert all(len(w.encode()) <= select.PIPE_BUF or w.count("\n") == 1 for w in stream.writes)
