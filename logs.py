@@ -15,6 +15,7 @@ import logging.handlers
 import select
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import TextIO
 
@@ -44,8 +45,21 @@ class ContextFilter(logging.Filter):
 class OneLineFormatter(logging.Formatter):
     """Folds tracebacks and multi-line messages into the event's one line."""
 
+    def __init__(self, fmt: str) -> None:
+        super().__init__(fmt)
+        self._second: tuple[int, str] = (-1, "")
+
     def format(self, record: logging.LogRecord) -> str:
         return super().format(record).replace("\r", "").replace("\n", " | ")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        # The date and time are formatted once per second, not once per line: busy workers log many.
+        second, text = self._second
+        if second != int(record.created):
+            second = int(record.created)
+            text = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(record.created))
+            self._second = (second, text)
+        return f"{text},{int(record.msecs):03d}"
 
 
 @contextlib.contextmanager

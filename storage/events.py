@@ -8,7 +8,7 @@ from typing import Any
 
 import peewee
 
-from storage import BaseModel
+from storage import BaseModel, db, is_postgres
 from storage.clock import utcnow
 
 
@@ -31,9 +31,19 @@ def record(
 
 def record_many(notification_ids: Iterable[Any], kind: str, host: str, at: dt.datetime | None = None) -> None:
     at = at or utcnow()
-    rows = [{"notification_id": nid, "kind": kind, "host": host, "at": at} for nid in notification_ids]
-    if rows:
-        NotificationEvent.insert_many(rows).execute()
+    ids = [str(nid) for nid in notification_ids]
+    if not ids:
+        return
+    if is_postgres():
+        # One array parameter, not a row of parameters per event for peewee to build.
+        db.execute_sql(
+            "INSERT INTO notification_event (notification_id, kind, at, host)"
+            " SELECT unnest(%s::uuid[]), %s, %s, %s",
+            (ids, kind, at, host),
+        )
+        return
+    rows = [{"notification_id": nid, "kind": kind, "host": host, "at": at} for nid in ids]
+    NotificationEvent.insert_many(rows).execute()
 
 
 def history(notification_id: Any) -> list[NotificationEvent]:
