@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import logging
 import re
@@ -15,14 +14,14 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from actors.providers import Envelope, PermanentDeliveryError, TransientDeliveryError
+from actors.providers import Envelope, PermanentDeliveryError, TransientDeliveryError, http1
 
 logger = logging.getLogger(__name__)
 
 # Statuses that say "not now" rather than "never".
 _TRANSIENT_STATUSES = frozenset({408, 429})
 # What a kept-alive connection the server already closed looks like on the next request.
-_STALE_CONNECTION_ERRORS = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+_STALE_CONNECTION_ERRORS = (http1.ConnectionClosed, ConnectionResetError, BrokenPipeError)
 # More than this much response body is not worth reading; the connection is dropped instead.
 _MAX_BODY = 64 * 1024
 
@@ -57,7 +56,7 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
 class _ThreadConnection:
     """Holds one thread's connection and closes it when the thread ends (no socket left to the GC)."""
 
-    def __init__(self, connection: http.client.HTTPConnection) -> None:
+    def __init__(self, connection: http1.Connection) -> None:
         self.connection = connection
 
     def __del__(self) -> None:
@@ -74,18 +73,28 @@ class WebhookProvider:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"webhook URL must be http:// or https:// with a host, got {url!r}")
         # Without the credentials, so it can be logged.
-        self.url = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+        netloc = parts.netloc.rpartition("@")[2]
+        self.url = f"{parts.scheme}://{netloc}{parts.path}"
         self.scheme = parts.scheme
         self.host = parts.hostname
-        self.port = parts.port
-        self.target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
         self.timeout = timeout
         self.ssl_context = ssl_context
+        if parts.scheme == "https" and ssl_context is None:
+            self.ssl_context = ssl.create_default_context()
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        # Everything but the per-notification lines is the same for every request: written once.
+        fixed = [
+            f"POST {target} HTTP/1.1",
+            f"Host: {netloc}",
+            "Content-Type: application/json",
+            "User-Agent: notification-service",
+        ]
         # Credentials in the URL (https://user:pass@host/) become Basic auth rather than being dropped.
-        self._authorization = None
         if parts.username is not None:
             credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-            self._authorization = "Basic " + base64.b64encode(credentials.encode()).decode()
+            fixed.append("Authorization: Basic " + base64.b64encode(credentials.encode()).decode())
+        self._head = "\r\n".join(fixed) + "\r\n"
         self._local = threading.local()
         # Lets close() reach every thread's connection; weak, so a finished thread's one can go.
         self._all: weakref.WeakSet[_ThreadConnection] = weakref.WeakSet()
@@ -97,23 +106,23 @@ class WebhookProvider:
     def deliver(self, envelope: Envelope) -> None:
         """POST one notification; 2xx delivered, 408/429/5xx and network trouble transient."""
         body = json.dumps(push_payload(envelope)).encode()
-        headers = {
-            "Content-Type": "application/json",
-            "Idempotency-Key": envelope.notification_id,
-            "User-Agent": "notification-service",
-        }
-        if self._authorization:
-            headers["Authorization"] = self._authorization
+        # The Idempotency-Key is the notification id: a UUID, or at least text the API validated.
+        head = (
+            f"{self._head}Idempotency-Key: {envelope.notification_id}\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
         try:
-            status, retry_after, text = self._post(body, headers)
-        except (OSError, http.client.HTTPException) as exc:  # includes timeouts and refused connections
+            response = self._post(head.encode("latin-1", "replace"), body)
+        except OSError as exc:  # includes timeouts, refused connections and unreadable answers
             raise TransientDeliveryError(f"POST {self.url}: {exc!r}") from exc
+        status = response.status
         if 200 <= status <= 299:
             logger.debug("Delivered %s via %r (%s)", envelope.notification_id, self, status)
             return
+        text = response.body.decode("utf-8", "replace")
         reason = f"POST {self.url}: HTTP {status} {text[:200]}".rstrip()
         if status in _TRANSIENT_STATUSES or 500 <= status <= 599:
-            raise TransientDeliveryError(reason, retry_after=parse_retry_after(retry_after))
+            retry_after = parse_retry_after(response.headers.get("retry-after"))
+            raise TransientDeliveryError(reason, retry_after=retry_after)
         raise PermanentDeliveryError(reason)
 
     def close(self) -> None:
@@ -123,47 +132,32 @@ class WebhookProvider:
         for holder in holders:
             holder.connection.close()
 
-    def _connection(self) -> http.client.HTTPConnection:
+    def _connection(self) -> http1.Connection:
         holder: _ThreadConnection | None = getattr(self._local, "holder", None)
         if holder is None:
-            connection: http.client.HTTPConnection
-            if self.scheme == "https":
-                connection = http.client.HTTPSConnection(
-                    self.host, self.port, timeout=self.timeout, context=self.ssl_context
-                )
-            else:
-                connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            connection = http1.Connection(
+                self.host, self.port, timeout=self.timeout, ssl_context=self.ssl_context
+            )
             holder = _ThreadConnection(connection)
             self._local.holder = holder
             with self._all_lock:
                 self._all.add(holder)
         return holder.connection
 
-    def _post(self, body: bytes, headers: dict[str, str]) -> tuple[int, str | None, str]:
+    def _post(self, head: bytes, body: bytes) -> http1.Response:
         connection = self._connection()
-        # A closed HTTPConnection (no sock) reopens itself on request(); only a kept-alive one can be stale.
-        reused = connection.sock is not None
+        # Only a kept-alive connection can have been closed by the server meanwhile.
+        reused = connection.is_open
         try:
             try:
-                return self._exchange(connection, body, headers)
+                return connection.request(head, body, max_body=_MAX_BODY)
             except _STALE_CONNECTION_ERRORS:
                 if not reused:
                     raise
                 # The server closed the idle connection; the Idempotency-Key makes one more try safe.
                 logger.debug("Kept-alive connection of %r was closed; reconnecting", self)
                 connection.close()
-                return self._exchange(connection, body, headers)
+                return connection.request(head, body, max_body=_MAX_BODY)
         except BaseException:
             connection.close()  # its state is unknown; the next delivery starts afresh
             raise
-
-    def _exchange(
-        self, connection: http.client.HTTPConnection, body: bytes, headers: dict[str, str]
-    ) -> tuple[int, str | None, str]:
-        connection.request("POST", self.target, body=body, headers=headers)
-        response = connection.getresponse()
-        text = response.read(_MAX_BODY)
-        if not response.isclosed():
-            # An unread remainder would poison the next request on this connection.
-            connection.close()
-        return response.status, response.getheader("Retry-After"), text.decode("utf-8", "replace")

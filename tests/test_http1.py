@@ -1,0 +1,188 @@
+"""The webhook's HTTP/1.1 client against a server that answers with scripted raw bytes."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from actors.providers import TransientDeliveryError
+from actors.providers.http1 import Connection, ProtocolError
+from actors.providers.webhook import WebhookProvider
+from tests.test_providers import push_envelope
+
+HEAD = b"POST /push HTTP/1.1\r\nHost: test\r\nContent-Length: 2\r\n\r\n"
+
+
+class RawServer:
+    """Answers each request it reads with the next scripted bytes; a ``None`` entry closes the connection."""
+
+    def __init__(self, *answers: bytes | None) -> None:
+        self.answers = list(answers)
+        self.requests: list[bytes] = []
+        self.connections = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while self.answers:
+            try:
+                sock, _ = self._listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with sock:
+                self._answer(sock)
+
+    def _answer(self, sock: socket.socket) -> None:
+        buffer = b""
+        while self.answers:
+            while b"\r\n\r\n" not in buffer:
+                data = sock.recv(65536)
+                if not data:
+                    return
+                buffer += data
+            head, _, buffer = buffer.partition(b"\r\n\r\n")
+            length = next(
+                (
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length")
+                ),
+                0,
+            )
+            while len(buffer) < length:
+                buffer += sock.recv(65536)
+            self.requests.append(head + b"\r\n\r\n" + buffer[:length])
+            buffer = buffer[length:]
+            answer = self.answers.pop(0)
+            if answer is None:
+                return
+            sock.sendall(answer)
+            if self.answers and self.answers[0] is None:
+                self.answers.pop(0)
+                return
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+@pytest.fixture
+def serve() -> Iterator:
+    servers: list[RawServer] = []
+
+    def start(*answers: bytes | None) -> RawServer:
+        servers.append(RawServer(*answers))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+@pytest.fixture
+def connect() -> Iterator:
+    connections: list[Connection] = []
+
+    def open_to(server: RawServer) -> Connection:
+        connections.append(Connection("127.0.0.1", server.port, timeout=5))
+        return connections[-1]
+
+    yield open_to
+    for connection in connections:
+        connection.close()
+
+
+def test_content_length_body_and_the_connection_is_kept(serve, connect) -> None:
+    server = serve(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Other: a\r\n\r\nhello",
+        b"HTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n",
+    )
+    connection = connect(server)
+
+    first = connection.request(HEAD, b"{}", max_body=100)
+    second = connection.request(HEAD, b"{}", max_body=100)
+
+    assert (first.status, first.body, first.headers["x-other"]) == (200, b"hello", "a")
+    assert (second.status, second.body) == (201, b"")
+    assert server.connections == 1
+    assert server.requests == [HEAD + b"{}"] * 2
+
+
+def test_chunked_body_is_joined_and_the_connection_is_kept(serve, connect) -> None:
+    server = serve(
+        b"HTTP/1.1 503 Busy\r\nTransfer-Encoding: chunked\r\nRetry-After: 7\r\n\r\n"
+        b"4;ext=1\r\nbusy\r\n7\r\n, later\r\n0\r\nX-Trailer: t\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+    )
+    connection = connect(server)
+
+    first = connection.request(HEAD, b"{}", max_body=100)
+    second = connection.request(HEAD, b"{}", max_body=100)
+
+    assert (first.status, first.body, first.headers["retry-after"]) == (503, b"busy, later", "7")
+    assert (second.status, second.body) == (204, b"")
+    assert server.connections == 1
+
+
+def test_interim_answers_are_skipped(serve, connect) -> None:
+    server = serve(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\nok")
+
+    response = connect(server).request(HEAD, b"{}", max_body=100)
+
+    assert (response.status, response.body) == (202, b"ok")
+
+
+def test_body_until_close_ends_the_connection(serve, connect) -> None:
+    server = serve(b"HTTP/1.0 200 OK\r\n\r\nall of it", None)
+    connection = connect(server)
+
+    response = connection.request(HEAD, b"{}", max_body=100)
+
+    assert (response.status, response.body) == (200, b"all of it")
+    assert not connection.is_open
+
+
+@pytest.mark.parametrize(
+    "framing", [b"Content-Length: 1000\r\n\r\n", b"Transfer-Encoding: chunked\r\n\r\n3e8\r\n"]
+)
+def test_a_body_past_the_limit_is_cut_and_the_connection_dropped(serve, connect, framing: bytes) -> None:
+    server = serve(b"HTTP/1.1 400 Bad\r\n" + framing + b"x" * 1000)
+    connection = connect(server)
+
+    response = connection.request(HEAD, b"{}", max_body=10)
+
+    assert (response.status, response.body) == (400, b"x" * 10)
+    assert not connection.is_open
+
+
+def test_connection_close_header_ends_the_connection(serve, connect) -> None:
+    server = serve(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+    connection = connect(server)
+
+    assert connection.request(HEAD, b"{}", max_body=10).status == 200
+    assert not connection.is_open
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [b"SMTP ready\r\n\r\n", b"HTTP/1.1 2x0 OK\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: many\r\n\r\n"],
+)
+def test_an_answer_that_is_not_http_is_a_protocol_error(serve, connect, answer: bytes) -> None:
+    server = serve(answer)
+
+    with pytest.raises(ProtocolError):
+        connect(server).request(HEAD, b"{}", max_body=10)
+
+
+def test_webhook_treats_an_unreadable_answer_as_transient(serve) -> None:
+    server = serve(b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 200 + b"\r\n")
+    provider = WebhookProvider(f"http://127.0.0.1:{server.port}/push", timeout=5)
+
+    with pytest.raises(TransientDeliveryError, match="too many response headers"):
+        provider.deliver(push_envelope())
+    provider.close()
