@@ -9,10 +9,10 @@ import threading
 from typing import Any
 
 import dramatiq
-import peewee
 from dramatiq.broker import MessageProxy
 
 import settings
+import storage
 from storage import db, workers
 from storage.clock import utcnow
 
@@ -48,7 +48,7 @@ class Heartbeat(dramatiq.Middleware):
         try:
             with db.connection_context():
                 workers.leave(host=settings.HOSTNAME, pid=os.getpid())
-        except peewee.DatabaseError as exc:
+        except storage.DATABASE_ERRORS as exc:
             logger.warning("Could not remove this worker's heartbeat row: %s", exc)
 
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
@@ -78,6 +78,6 @@ class Heartbeat(dramatiq.Middleware):
         while not self._stop.is_set():
             try:
                 self.beat()
-            except peewee.DatabaseError as exc:
+            except storage.DATABASE_ERRORS as exc:
                 logger.warning("Heartbeat not recorded: %s", exc)
             self._stop.wait(self.interval)

@@ -13,7 +13,6 @@ import threading
 from collections.abc import Iterable
 
 import dramatiq
-import peewee
 
 import settings
 import storage
@@ -98,7 +97,7 @@ class Scheduler:
             try:
                 full = dispatch_due(self.channels) >= settings.DISPATCH_BATCH_SIZE
                 failures = 0
-            except (peewee.DatabaseError, dramatiq.errors.BrokerError, OSError) as exc:
+            except (*storage.DATABASE_ERRORS, dramatiq.errors.BrokerError, OSError) as exc:
                 # The database or broker is away: wait and try again; nothing was taken.
                 storage.drop_connection()
                 failures += 1

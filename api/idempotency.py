@@ -18,10 +18,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import peewee
 from flask import Response, current_app, request
 from flask_smorest import Blueprint, abort
 
+import storage
 from api import auth
 from storage import idempotency as store
 
@@ -121,7 +121,7 @@ def _sweep() -> None:
 def _release(claim_id: int) -> None:
     try:
         store.release(claim_id)
-    except peewee.DatabaseError as exc:
+    except storage.DATABASE_ERRORS as exc:
         # The error being raised matters more; an orphaned claim is given up after ABANDONED_AFTER.
         logger.warning("Could not release idempotency claim %s: %s", claim_id, exc)
 

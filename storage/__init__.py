@@ -16,6 +16,10 @@ logger = logging.getLogger(__name__)
 
 db = peewee.DatabaseProxy()
 
+# Whatever a database call may raise. A connection the server dropped raises OperationalError, and
+# then InterfaceError on the next use (the rollback, say), which peewee does not make a DatabaseError.
+DATABASE_ERRORS: tuple[type[Exception], ...] = (peewee.DatabaseError, peewee.InterfaceError)
+
 
 class BaseModel(peewee.Model):
     class Meta:
@@ -71,7 +75,7 @@ def is_postgres() -> bool:
 
 
 def ping() -> None:
-    """Raise ``peewee.DatabaseError`` (or ``OperationalError``) when the database cannot answer."""
+    """Raise one of ``DATABASE_ERRORS`` when the database cannot answer."""
     with db.connection_context():
         db.execute_sql("SELECT 1")
 
@@ -85,7 +89,7 @@ def wait_until_available(timeout: float) -> bool:
         try:
             ping()
             return True
-        except peewee.DatabaseError:
+        except DATABASE_ERRORS:
             if time.monotonic() + delay > deadline:
                 return False
             time.sleep(delay)  # nothing to await but the database itself
@@ -94,7 +98,7 @@ def wait_until_available(timeout: float) -> bool:
 
 def drop_connection() -> None:
     """Close this thread's connection, which an error may have broken; the next query opens anew."""
-    with contextlib.suppress(peewee.DatabaseError):
+    with contextlib.suppress(*DATABASE_ERRORS):
         db.close()
 
 

@@ -83,3 +83,28 @@ def test_concurrent_schedulers_dispatch_each_row_once(db):
     assert len(taken) == 200
     assert {d.notification_id for d in taken} == {str(n.id) for n in store.Notification.select()}
     assert {d.seq for d in taken} == {1}
+
+
+def test_scheduler_outlives_a_connection_the_driver_already_closed(postgres_url):
+    """A dropped connection raises OperationalError, then InterfaceError at its next use: both waited out."""
+    from actors.scheduler import Scheduler
+
+    storage.configure(postgres_url)
+    with storage.db.connection_context():
+        storage.db.execute_sql("TRUNCATE notification, notification_event")
+    scheduler = Scheduler(["push"], interval=0.05).start()
+    try:
+        with storage.db.connection_context():
+            first = make()
+            wait_until(lambda: store.get(first.id).dispatch_seq == 1, timeout=10)
+        # The scheduler's connection, as psycopg2 leaves it after the server dropped it mid-statement.
+        for held in list(storage.db.obj._in_use.values()):
+            held.connection.close()
+
+        with storage.db.connection_context():
+            second = make()
+            wait_until(lambda: store.get(second.id).dispatch_seq == 1, timeout=15)
+        assert scheduler._thread is not None and scheduler._thread.is_alive()
+    finally:
+        scheduler.stop()
+        storage.db.close()
