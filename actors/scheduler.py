@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 # after this many seconds.
 PUBLISH_LEASE = 10.0
 
+# What a pass raises while the database or the broker is away: waited out, never the thread's end.
+_OUTAGE_ERRORS: tuple[type[Exception], ...] = (*storage.DATABASE_ERRORS, dramatiq.errors.BrokerError, OSError)
+
 
 def dispatch_due(channels: Iterable[str] | None = None, *, limit: int | None = None) -> int:
     """Publish one batch of due rows; return how many rows were taken."""
@@ -97,7 +100,7 @@ class Scheduler:
             try:
                 full = dispatch_due(self.channels) >= settings.DISPATCH_BATCH_SIZE
                 failures = 0
-            except (*storage.DATABASE_ERRORS, dramatiq.errors.BrokerError, OSError) as exc:
+            except _OUTAGE_ERRORS as exc:
                 # The database or broker is away: wait and try again; nothing was taken.
                 storage.drop_connection()
                 failures += 1

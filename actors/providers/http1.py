@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 import ssl
 from dataclasses import dataclass
+from typing import BinaryIO
 
 # Generous for a webhook's answer; a server sending more is not one.
 _MAX_LINE = 8192
@@ -40,7 +41,7 @@ class Connection:
     ) -> None:
         self.host, self.port, self.timeout, self.ssl_context = host, port, timeout, ssl_context
         self._sock: socket.socket | None = None
-        self._reader = None
+        self._reader: BinaryIO | None = None
 
     @property
     def is_open(self) -> bool:
