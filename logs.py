@@ -11,7 +11,6 @@ import collections
 import contextlib
 import contextvars
 import logging
-import logging.handlers
 import select
 import sys
 import threading
@@ -24,33 +23,57 @@ import settings
 _notification: contextvars.ContextVar[str] = contextvars.ContextVar("notification", default="-")
 _channel: contextvars.ContextVar[str] = contextvars.ContextVar("channel", default="-")
 
+# What every line says, in this order (written out in OneLineFormatter.format).
 FORMAT = (
     "%(asctime)s %(levelname)s host=%(host)s channel=%(channel)s notification=%(notification)s "
     "%(name)s: %(message)s"
 )
 
 
+def _add_context(record: logging.LogRecord) -> None:
+    # A record handed over from another thread already carries the context of its own.
+    if not hasattr(record, "host"):
+        record.host = settings.HOSTNAME
+        record.notification = _notification.get()
+        record.channel = _channel.get()
+
+
 class ContextFilter(logging.Filter):
     """Adds the host and the notification being handled to every record."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        # A record handed over from another thread already carries the context of its own.
-        if not hasattr(record, "host"):
-            record.host = settings.HOSTNAME
-            record.notification = _notification.get()
-            record.channel = _channel.get()
+        _add_context(record)
         return True
 
 
 class OneLineFormatter(logging.Formatter):
-    """Folds tracebacks and multi-line messages into the event's one line."""
+    """Writes FORMAT, folding tracebacks and multi-line messages into the event's one line.
 
-    def __init__(self, fmt: str) -> None:
-        super().__init__(fmt)
+    The line is put together directly rather than through ``%``-style formatting of a dict: busy
+    workers write one per notification.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(FORMAT)
         self._second: tuple[int, str] = (-1, "")
 
     def format(self, record: logging.LogRecord) -> str:
-        return super().format(record).replace("\r", "").replace("\n", " | ")
+        message = record.getMessage()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            message = f"{message}\n{record.exc_text}"
+        if record.stack_info:
+            message = f"{message}\n{self.formatStack(record.stack_info)}"
+        context = record.__dict__
+        line = (
+            f"{self.formatTime(record)} {record.levelname} host={context.get('host', '-')} "
+            f"channel={context.get('channel', '-')} notification={context.get('notification', '-')} "
+            f"{record.name}: {message}"
+        )
+        if "\n" in line or "\r" in line:
+            line = line.replace("\r", "").replace("\n", " | ")
+        return line
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         # The date and time are formatted once per second, not once per line: busy workers log many.
@@ -86,7 +109,7 @@ def unbind(tokens: tuple[contextvars.Token[str], contextvars.Token[str]]) -> Non
 def handler(stream: TextIO) -> logging.StreamHandler:
     """A handler writing one line per record, with its context, to ``stream``."""
     one_line = logging.StreamHandler(stream)
-    one_line.setFormatter(OneLineFormatter(FORMAT))
+    one_line.setFormatter(OneLineFormatter())
     one_line.addFilter(ContextFilter())
     return one_line
 
@@ -96,7 +119,33 @@ class Pending:
 
     def __init__(self) -> None:
         self.records: collections.deque[logging.LogRecord] = collections.deque()
-        self.put_nowait = self.records.append  # what QueueHandler calls
+        self.put_nowait = self.records.append
+
+
+class Enqueue(logging.Handler):
+    """Leaves each record to the writer, with its context and its message merged with its arguments.
+
+    Unlike ``QueueHandler`` it takes no lock (a deque's append needs none) and does not copy the
+    record: this is the root's one handler, the last to see a record.
+    """
+
+    def __init__(self, pending: Pending) -> None:
+        super().__init__()
+        self._append = pending.put_nowait
+
+    def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
+        _add_context(record)
+        if record.args:
+            # Now, while the arguments are what they were when logged.
+            record.msg, record.args = record.getMessage(), None
+        if record.exc_info:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+            record.exc_info = None  # keeps no traceback, and the frames it holds, alive
+        self._append(record)
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.handle(record)
 
 
 class Writer:
@@ -165,10 +214,7 @@ def configure(stream: TextIO | None = None, *, replace: bool = False) -> Writer 
     # (the logging HOWTO's "Optimization" section).
     logging._srcfile = None  # type: ignore[attr-defined]
     pending = Pending()
-    enqueue = logging.handlers.QueueHandler(pending)  # type: ignore[arg-type]
-    enqueue.addFilter(ContextFilter())
-    # The message with any traceback, merged here; the writing thread adds the line's prefix.
-    enqueue.setFormatter(logging.Formatter("%(message)s"))
+    enqueue = Enqueue(pending)
     writer = Writer(pending, handler(stream or sys.stdout))
     writer.start()
     atexit.register(writer.stop)

@@ -44,9 +44,9 @@ def deliver_email(dispatches: dict[str, int]) -> None:
 ACTORS: dict[str, dramatiq.Actor] = {"push": deliver_push, "email": deliver_email}
 
 
-def envelope_of(notification: store.Notification) -> Envelope:
+def envelope_of(notification: store.Claimed) -> Envelope:
     return Envelope(
-        notification_id=str(notification.id),
+        notification_id=notification.id,
         channel=notification.channel,
         recipient_id=notification.recipient_id,
         content=notification.content,
@@ -101,8 +101,8 @@ class _Batch:
     def __init__(self, dispatches: dict[str, int]) -> None:
         self.dispatches = dispatches
         self.started = time.monotonic()
-        self.untried: collections.deque[store.Notification] = collections.deque()
-        self.unrecorded: list[store.Notification] = []
+        self.untried: collections.deque[store.Claimed] = collections.deque()
+        self.unrecorded: list[store.Claimed] = []
         self.recorded_at = self.started
         self.retry: list[Exception] = []
         self.outcomes: list[Outcome] = []
@@ -113,7 +113,7 @@ class _Batch:
         db.connect(reuse_if_open=True)
         claimed = store.claim(self.dispatches, host=settings.HOSTNAME, lease=settings.PROCESSING_LEASE)
         if len(claimed) < len(self.dispatches):
-            _skip_stale(self.dispatches, {str(n.id) for n in claimed})
+            _skip_stale(self.dispatches, {n.id for n in claimed})
         self.untried.extend(claimed)
         while self.untried:
             if time.monotonic() - self.started > settings.PROCESSING_LEASE / 2:
@@ -123,24 +123,24 @@ class _Batch:
                 self.retry.append(TransientDeliveryError(reason))
                 break
             notification = self.untried.popleft()
-            with logs.context(str(notification.id), notification.channel):
+            with logs.context(notification.id, notification.channel):
                 _deliver_one(self, notification)
         self.record()
 
-    def seq(self, notification: store.Notification) -> int:
-        return self.dispatches[str(notification.id)]
+    def seq(self, notification: store.Claimed) -> int:
+        return self.dispatches[notification.id]
 
-    def delivered(self, notification: store.Notification) -> None:
+    def delivered(self, notification: store.Claimed) -> None:
         self.unrecorded.append(notification)
         if len(self.unrecorded) >= _RECORD_EVERY or time.monotonic() - self.recorded_at >= _RECORD_AFTER:
             self.record()
 
     def record(self) -> None:
         """Record the deliveries made since the last time; count those whose claim still held."""
-        done = store.mark_delivered({str(n.id): self.seq(n) for n in self.unrecorded}, host=settings.HOSTNAME)
+        done = store.mark_delivered({n.id: self.seq(n) for n in self.unrecorded}, host=settings.HOSTNAME)
         now = utcnow()
         for notification in self.unrecorded:
-            if str(notification.id) in done:
+            if notification.id in done:
                 lateness = max(0.0, (now - notification.due_at).total_seconds())
                 self.outcomes.append(Outcome(notification.channel, delivered=True, lateness=lateness))
         self.unrecorded, self.recorded_at = [], time.monotonic()
@@ -176,8 +176,8 @@ def _skip_stale(dispatches: dict[str, int], claimed: set[str]) -> None:
         logger.info("Skipped %s: message %d is no longer current", notification_id, seq)
 
 
-def _deliver_one(batch: _Batch, notification: store.Notification) -> None:
-    host, seq, notification_id = settings.HOSTNAME, batch.seq(notification), str(notification.id)
+def _deliver_one(batch: _Batch, notification: store.Claimed) -> None:
+    host, seq, notification_id = settings.HOSTNAME, batch.seq(notification), notification.id
     attempt = notification.attempt_count - notification.attempts_at_force
     if attempt > settings.MAX_RETRY_ATTEMPTS + 1:
         # Only reachable when workers kept dying mid-delivery: stop before trying yet again.
@@ -200,9 +200,9 @@ def _retry_lease(retry_after: float | None) -> float:
     return max(settings.RETRY_MAX_DELAY, retry_after or 0) + settings.PROCESSING_LEASE
 
 
-def _record_failure(batch: _Batch, notification: store.Notification, attempt: int, exc: Exception) -> bool:
+def _record_failure(batch: _Batch, notification: store.Claimed, attempt: int, exc: Exception) -> bool:
     """Record a failed attempt; True when the notification waits for the message's retry."""
-    host, seq, notification_id = settings.HOSTNAME, batch.seq(notification), str(notification.id)
+    host, seq, notification_id = settings.HOSTNAME, batch.seq(notification), notification.id
     transient = not isinstance(exc, DeliveryError) or exc.transient
     reason = exc.reason if isinstance(exc, DeliveryError) else f"{type(exc).__name__}: {exc}"
     if transient and attempt <= settings.MAX_RETRY_ATTEMPTS:

@@ -12,7 +12,7 @@ import os
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import peewee
 
@@ -108,6 +108,27 @@ class Dispatch:
     @property
     def message_id(self) -> str:
         return message_id_for(self.notification_id, self.seq)
+
+
+class Claimed(NamedTuple):
+    """A row a message has just claimed: what its delivery needs, read in the claiming statement."""
+
+    id: str
+    channel: str
+    recipient_id: str
+    content: str
+    subject: str | None
+    title: str | None
+    data: Any
+    due_at: dt.datetime
+    attempt_count: int
+    attempts_at_force: int
+    last_error: str | None
+    worker_host: str
+
+
+# Claimed's columns, in its order; the id as text, as every caller wants it.
+_CLAIMED_COLUMNS = "n.id::text, " + ", ".join(f"n.{name}" for name in Claimed._fields[1:])
 
 
 def message_id_for(notification_id: Any, seq: int) -> str:
@@ -380,7 +401,7 @@ def _lease_pending(ids: list[str], lease_until: dt.datetime | None) -> None:
 # Rows are looked up by id alone, then checked: a condition on ``status`` would let the planner
 # scan a status index instead, which its statistics, stale after a bulk load, can make look cheap
 # (it then reads every Pending row for each statement).
-_PG_CLAIM = """
+_PG_CLAIM = f"""
 WITH wanted AS (
     SELECT * FROM unnest(%s::uuid[], %s::int[]) AS w(id, seq)
 ), locked AS (
@@ -398,7 +419,7 @@ WITH wanted AS (
     INSERT INTO notification_event (notification_id, kind, at, host, detail)
     SELECT id, 'attempt', updated_at, worker_host, 'attempt ' || attempt_count FROM claimed
 )
-SELECT * FROM claimed ORDER BY due_at, id
+SELECT {_CLAIMED_COLUMNS} FROM claimed n ORDER BY n.due_at, n.id
 """
 
 _PG_DELIVERED = """
@@ -425,7 +446,7 @@ def _pg_arrays(dispatches: Mapping[Any, int]) -> tuple[list[str], list[int]]:
     return [str(nid) for nid in dispatches], list(dispatches.values())
 
 
-def claim(dispatches: Mapping[Any, int], *, host: str, lease: float) -> list[Notification]:
+def claim(dispatches: Mapping[Any, int], *, host: str, lease: float) -> list[Claimed]:
     """Move to Processing each Pending row whose ``dispatch_seq`` is the one given for it.
 
     ``dispatches`` maps notification ids to the dispatch numbers of one message; the rows returned,
@@ -437,8 +458,11 @@ def claim(dispatches: Mapping[Any, int], *, host: str, lease: float) -> list[Not
     lease_until = now + dt.timedelta(seconds=lease)
     if is_postgres():
         ids, seqs = _pg_arrays(dispatches)
-        return list(Notification.raw(_PG_CLAIM, ids, seqs, ids, lease_until, host, now))
-    claimed = []
+        cursor = db.execute_sql(_PG_CLAIM, (ids, seqs, ids, lease_until, host, now))
+        # Plain tuples: a model instance per row cost more than the statement.
+        data = Notification.data.python_value
+        return [Claimed._make((*row[:6], data(row[6]), *row[7:])) for row in cursor.fetchall()]
+    claimed: list[Notification] = []
     with db.atomic():
         for notification_id, seq in dispatches.items():
             rows = list(
@@ -460,7 +484,8 @@ def claim(dispatches: Mapping[Any, int], *, host: str, lease: float) -> list[Not
             claimed += rows
         for row in claimed:
             events.record(row.id, "attempt", host, detail=f"attempt {row.attempt_count}", at=now)
-    return sorted(claimed, key=lambda row: (row.due_at, str(row.id)))
+    rows = sorted(claimed, key=lambda row: (row.due_at, str(row.id)))
+    return [Claimed._make(str(r.id) if f == "id" else getattr(r, f) for f in Claimed._fields) for r in rows]
 
 
 def stale(dispatches: Mapping[Any, int]) -> list[str]:

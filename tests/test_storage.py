@@ -117,9 +117,9 @@ def test_claim_moves_to_processing_and_counts_the_attempt(db):
     n = make()
     (d,) = take()
     (claimed,) = store.claim({n.id: d.seq}, host="worker-1", lease=60)
-    assert claimed.status == store.PROCESSING
-    assert claimed.attempt_count == 1
-    assert claimed.worker_host == "worker-1"
+    assert store.get(n.id).status == store.PROCESSING
+    assert (claimed.id, claimed.attempt_count, claimed.worker_host) == (str(n.id), 1, "worker-1")
+    assert (claimed.recipient_id, claimed.content, claimed.due_at) == (n.recipient_id, n.content, n.due_at)
     assert store.claim({n.id: d.seq}, host="worker-2", lease=60) == [], "a duplicate message does nothing"
 
 
