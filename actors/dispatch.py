@@ -12,6 +12,7 @@ import dramatiq
 import settings
 from actors import broker
 from actors.delivery import ACTORS
+from storage import dispatching
 from storage import notifications as store
 from storage.clock import utcnow
 
@@ -25,10 +26,12 @@ BATCH_WINDOW = dt.timedelta(seconds=0.1)
 _wake_events: set[threading.Event] = set()
 
 
-def batches(dispatches: Sequence[store.Dispatch], size: int | None = None) -> Iterator[list[store.Dispatch]]:
+def batches(
+    dispatches: Sequence[dispatching.Dispatch], size: int | None = None
+) -> Iterator[list[dispatching.Dispatch]]:
     """Group dispatches into messages: one channel, at most ``size``, due within ``BATCH_WINDOW``."""
     size = size or settings.DELIVERY_BATCH_SIZE
-    open_batches: dict[str, list[store.Dispatch]] = {}
+    open_batches: dict[str, list[dispatching.Dispatch]] = {}
     for dispatch in sorted(dispatches, key=lambda d: d.due_at):
         batch = open_batches.get(dispatch.channel)
         if batch and (len(batch) >= size or dispatch.due_at - batch[0].due_at > BATCH_WINDOW):
@@ -40,7 +43,7 @@ def batches(dispatches: Sequence[store.Dispatch], size: int | None = None) -> It
     yield from (batch for batch in open_batches.values() if batch)
 
 
-def publish(dispatches: Sequence[store.Dispatch]) -> dramatiq.Message:
+def publish(dispatches: Sequence[dispatching.Dispatch]) -> dramatiq.Message:
     """Send one message for dispatches of one channel, with an ETA when the last is not due yet."""
     first = dispatches[0]
     delay_ms = int((max(d.due_at for d in dispatches) - utcnow()).total_seconds() * 1000)
@@ -54,14 +57,14 @@ def publish(dispatches: Sequence[store.Dispatch]) -> dramatiq.Message:
 
 def send_now(notification: store.Notification) -> str | None:
     """Publish a forced notification at once; on a broker failure leave it to the scheduler."""
-    dispatch = store.Dispatch(
+    dispatch = dispatching.Dispatch(
         str(notification.id), notification.channel, notification.due_at, notification.dispatch_seq
     )
     try:
         return publish([dispatch]).message_id
     except (dramatiq.errors.BrokerError, OSError) as exc:
         logger.warning("Could not publish %s now (%s); the scheduler will", dispatch.notification_id, exc)
-        store.release_dispatches([dispatch])
+        dispatching.release({dispatch.notification_id: dispatch.seq})
         wake_schedulers()
         return None
 

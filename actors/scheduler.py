@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable
 
 import dramatiq
@@ -18,8 +19,7 @@ import settings
 import storage
 from actors.delivery import ACTORS
 from actors.dispatch import batches, publish, register_wake_event
-from storage import db, wakeups
-from storage import notifications as store
+from storage import db, dispatching, wakeups
 
 logger = logging.getLogger(__name__)
 
@@ -27,25 +27,39 @@ logger = logging.getLogger(__name__)
 # A scheduler that dies between taking a batch and publishing it leaves the batch to the others
 # after this many seconds.
 PUBLISH_LEASE = 10.0
+# How often a scheduler looks for work nobody finished: rows whose message or worker lease ran out,
+# and passes a dead scheduler left. Those leases are minutes long; looking at each pass would read
+# the leases index, dead entries and all, every second.
+RECOVERY_INTERVAL = 10.0
 
 # What a pass raises while the database or the broker is away: waited out, never the thread's end.
 _OUTAGE_ERRORS: tuple[type[Exception], ...] = (*storage.DATABASE_ERRORS, dramatiq.errors.BrokerError, OSError)
 
 
-def dispatch_due(channels: Iterable[str] | None = None, *, limit: int | None = None) -> int:
-    """Publish one batch of due rows; return how many rows were taken."""
+def dispatch_due(
+    channels: Iterable[str] | None = None, *, limit: int | None = None, recover: bool = True
+) -> int:
+    """Publish one batch of due rows; return how many rows were taken.
+
+    With ``recover``, the pass first takes back what others left unfinished (see RECOVERY_INTERVAL).
+    """
     horizon = settings.SCHEDULE_HORIZON
     # The scheduler's thread keeps its connection from pass to pass; an outage closes it.
     db.connect(reuse_if_open=True)
     # Committed before publishing, so that a worker never waits on this transaction.
     with db.atomic():
-        taken = store.take_due(
+        if recover:
+            dispatching.undo_abandoned_passes()
+        taken = dispatching.take_due(
             horizon=horizon,
-            lease=PUBLISH_LEASE,
+            # The message's lease: from now until DISPATCH_LEASE after the last possible due time.
+            lease=horizon + settings.DISPATCH_LEASE,
             limit=limit or settings.DISPATCH_BATCH_SIZE,
             channels=channels,
+            lapsed=recover,
         )
-    published: list[store.Dispatch] = []
+        pass_id = dispatching.begin_pass(taken, lease=PUBLISH_LEASE)
+    published: list[dispatching.Dispatch] = []
     try:
         for batch in batches(taken):
             publish(batch)
@@ -53,10 +67,12 @@ def dispatch_due(channels: Iterable[str] | None = None, *, limit: int | None = N
     finally:
         sent = {d.notification_id for d in published}
         with db.atomic():
-            store.confirm_dispatches(
-                published, horizon=horizon, lease=settings.DISPATCH_LEASE, host=settings.HOSTNAME
+            dispatching.finish_pass(
+                pass_id,
+                published=published,
+                unpublished=[d for d in taken if d.notification_id not in sent],
+                host=settings.HOSTNAME,
             )
-            store.release_dispatches([d for d in taken if d.notification_id not in sent])
     if taken:
         logger.debug("Dispatched %d notifications", len(published))
     return len(taken)
@@ -96,9 +112,13 @@ class Scheduler:
 
     def _loop(self, listener: wakeups.DueListener | None) -> None:
         failures = 0
+        recovered_at = -RECOVERY_INTERVAL
         while not self._stop.is_set():
             try:
-                full = dispatch_due(self.channels) >= settings.DISPATCH_BATCH_SIZE
+                recover = time.monotonic() - recovered_at >= RECOVERY_INTERVAL
+                full = dispatch_due(self.channels, recover=recover) >= settings.DISPATCH_BATCH_SIZE
+                if recover:
+                    recovered_at = time.monotonic()
                 failures = 0
             except _OUTAGE_ERRORS as exc:
                 # The database or broker is away: wait and try again; nothing was taken.

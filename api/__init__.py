@@ -100,10 +100,10 @@ def _start_embedded_workers(*middleware: Any) -> None:
     from actors.heartbeat import Heartbeat
     from actors.logcontext import LogContext
     from actors.scheduler import SchedulerMiddleware
-    from storage import notifications
+    from storage import dispatching
 
     # Messages published by an earlier run of this process died with it; send them again.
-    released = notifications.release_all_dispatches()
+    released = dispatching.release_all()
     if released:
         logger.info("Re-dispatching %d notifications accepted before the restart", released)
     for extra in (LogContext(), SchedulerMiddleware(), Heartbeat(), *middleware):

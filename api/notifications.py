@@ -28,6 +28,7 @@ from api.schemas import (
     NotificationSchema,
     PushRequest,
 )
+from storage import dispatching
 from storage import notifications as store
 from storage.clock import to_db
 
@@ -200,7 +201,7 @@ class CancelNotification(MethodView):
             "status": "success",
             "message": "Notification cancelled",
             "notification_id": notification_id,
-            "task_id": store.message_id_for(notification_id, notification.dispatch_seq)
+            "task_id": dispatching.message_id_for(notification_id, notification.dispatch_seq)
             if dispatched
             else None,
         }

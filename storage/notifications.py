@@ -11,7 +11,6 @@ import io
 import os
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import peewee
@@ -76,7 +75,6 @@ class Notification(BaseModel):
 
     class Meta:
         indexes = (
-            (("status", "due_at"), False),
             (("created_at",), False),
             (("recipient_id", "created_at"), False),
             (("updated_at",), False),
@@ -94,20 +92,6 @@ class TransitionConflict(Exception):
         allowed_text = " or ".join(allowed)
         super().__init__(f"Cannot {action} a notification that is {status}; only {allowed_text} ones can be.")
         self.status = status
-
-
-@dataclass(frozen=True)
-class Dispatch:
-    """A row handed to the broker: publish ``deliver(notification_id, seq)`` due at ``due_at``."""
-
-    notification_id: str
-    channel: str
-    due_at: dt.datetime
-    seq: int
-
-    @property
-    def message_id(self) -> str:
-        return message_id_for(self.notification_id, self.seq)
 
 
 class Claimed(NamedTuple):
@@ -129,11 +113,6 @@ class Claimed(NamedTuple):
 
 # Claimed's columns, in its order; the id as text, as every caller wants it.
 _CLAIMED_COLUMNS = "n.id::text, " + ", ".join(f"n.{name}" for name in Claimed._fields[1:])
-
-
-def message_id_for(notification_id: Any, seq: int) -> str:
-    """The id of the broker message for a dispatch; derived, so it need not be stored."""
-    return str(uuid.uuid5(uuid.UUID(str(notification_id)), str(seq)))
 
 
 _CREATE_COLUMNS = (
@@ -300,98 +279,6 @@ def force(notification_id: Any, *, host: str, lease: float) -> Notification:
             raise _conflict_or_missing(notification_id, "force", [PENDING, FAILED])
         events.record(notification_id, "forced", host, at=now)
     return rows[0]
-
-
-def take_due(
-    *, horizon: float, lease: float, limit: int, channels: Iterable[str] | None = None
-) -> list[Dispatch]:
-    """Take up to ``limit`` rows per channel due within ``horizon`` seconds that nobody owns.
-
-    Also takes back rows whose queued message or worker lease expired. Each row taken gets a new
-    ``dispatch_seq`` and is owned for ``lease`` seconds, the time to publish it; commit, publish,
-    then ``confirm_dispatches`` what was published and ``release_dispatches`` the rest. A scheduler
-    that dies in between leaves its rows to others once that short lease runs out.
-    """
-    now = utcnow()
-    due = (Notification.status == PENDING) & (Notification.due_at <= now + dt.timedelta(seconds=horizon))
-    # The lapsed first: they are late already. Each query reads only the rows it may take, through
-    # an index of its own (migration 4), never the whole due backlog. Only Pending and Processing
-    # rows hold a lease (every other transition clears it), so the lapsed need no status condition,
-    # which would let the planner read a status index instead.
-    lapsed = Notification.lease_until < now
-    taken = _take(lapsed, Notification.lease_until, now=now, lease=lease, limit=limit, channels=channels)
-    unowned = due & Notification.lease_until.is_null()
-    # A channel at a time, each read in due order from the index, up to ``limit`` each.
-    for channel in sorted(CHANNELS if channels is None else channels):
-        room = limit - sum(1 for d in taken if d.channel == channel)
-        if room > 0:
-            taken += _take(unowned, Notification.due_at, now=now, lease=lease, limit=room, channels=[channel])
-    return taken
-
-
-def _take(
-    which: peewee.Expression,
-    order: peewee.Field,
-    *,
-    now: dt.datetime,
-    lease: float,
-    limit: int,
-    channels: Iterable[str] | None,
-) -> list[Dispatch]:
-    candidates = Notification.select(Notification.id).where(which).order_by(order).limit(limit)
-    if channels is not None:
-        candidates = candidates.where(Notification.channel.in_(list(channels)))
-    if is_postgres():
-        # Several schedulers may run at once; each takes rows the others have not locked.
-        candidates = candidates.for_update(skip_locked=True)
-    rows = (
-        Notification.update(
-            status=PENDING,
-            dispatch_seq=Notification.dispatch_seq + 1,
-            lease_until=now + dt.timedelta(seconds=lease),
-            updated_at=now,
-        )
-        .where(Notification.id.in_(candidates))
-        .returning(Notification.id, Notification.channel, Notification.due_at, Notification.dispatch_seq)
-        .execute()
-    )
-    return [Dispatch(str(r.id), r.channel, r.due_at, r.dispatch_seq) for r in rows]
-
-
-def confirm_dispatches(dispatches: list[Dispatch], *, horizon: float, lease: float, host: str) -> None:
-    """Published: their messages own the rows for ``horizon + lease`` seconds from now."""
-    if not dispatches:
-        return
-    now = utcnow()
-    ids = [d.notification_id for d in dispatches]
-    _lease_pending(ids, now + dt.timedelta(seconds=horizon + lease))
-    events.record_many(ids, "queued", host, at=now)
-
-
-def release_dispatches(dispatches: list[Dispatch]) -> None:
-    """Not published: hand the rows back to the next scheduler pass at once."""
-    if dispatches:
-        _lease_pending([d.notification_id for d in dispatches], None)
-
-
-# Looked up by id, locked in id order as workers' claims lock them (racing over the same rows, the
-# two queue rather than deadlock), and checked for status only then: see _PG_CLAIM.
-_PG_LEASE_PENDING = """
-WITH locked AS (
-    SELECT id, status FROM notification WHERE id = ANY(%s::uuid[]) ORDER BY id FOR UPDATE
-)
-UPDATE notification n SET lease_until = %s FROM locked WHERE n.id = locked.id AND locked.status = 'Pending'
-"""
-
-
-def _lease_pending(ids: list[str], lease_until: dt.datetime | None) -> None:
-    """Set the lease of those rows that are still Pending (not yet claimed, cancelled or failed)."""
-    if is_postgres():
-        db.execute_sql(_PG_LEASE_PENDING, (ids, lease_until))
-        return
-    Notification.update(lease_until=lease_until).where(
-        Notification.id.in_(ids) & (Notification.status == PENDING)
-    ).execute()
 
 
 # On PostgreSQL each of the worker's two writes per message is one statement for all the message's
@@ -563,13 +450,3 @@ def _release(
         if done:
             events.record(notification_id, kind, host, detail=detail, at=now)
     return done
-
-
-def release_all_dispatches() -> int:
-    """Forget every queued message of Pending rows, for a restart that lost its in-process broker."""
-    with db.connection_context():
-        return (
-            Notification.update(lease_until=None)
-            .where((Notification.status == PENDING) & Notification.lease_until.is_null(False))
-            .execute()
-        )

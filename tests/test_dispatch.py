@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from actors.dispatch import BATCH_WINDOW, batches
-from storage.notifications import Dispatch
+from storage.dispatching import Dispatch
 
 T0 = dt.datetime(2026, 11, 24, 12, 0, 0)
 

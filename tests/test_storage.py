@@ -10,7 +10,7 @@ import threading
 import pytest
 
 import storage
-from storage import events
+from storage import dispatching, events
 from storage import notifications as store
 from storage.clock import utcnow
 from tests.factories import make
@@ -18,7 +18,7 @@ from tests.factories import make
 
 def take(horizon=60.0, lease=600.0, limit=100, channels=None):
     with storage.db.atomic():
-        return store.take_due(horizon=horizon, lease=lease, limit=limit, channels=channels)
+        return dispatching.take_due(horizon=horizon, lease=lease, limit=limit, channels=channels)
 
 
 def test_create_records_a_created_event(db):
@@ -263,21 +263,42 @@ def test_schema_setup_is_idempotent_and_safe_for_concurrent_starts(database_url)
 def test_unpublished_dispatches_are_released_to_the_next_pass(db):
     make()
     make()
-    first, second = take(lease=30)
+    first, second = taken = take()
     with storage.db.atomic():
-        store.confirm_dispatches([first], horizon=60, lease=600, host="scheduler")
-        store.release_dispatches([second])
+        pass_id = dispatching.begin_pass(taken, lease=10)
+    with storage.db.atomic():
+        dispatching.finish_pass(pass_id, published=[first], unpublished=[second], host="scheduler")
     (again,) = take()
     assert again.notification_id == second.notification_id
     assert again.seq == second.seq + 1
     assert [e.kind for e in events.history(first.notification_id)] == ["created", "queued"]
+    assert dispatching.DispatchPass.select().count() == 0
 
 
 def test_a_batch_left_by_a_dead_scheduler_is_taken_after_its_short_lease(db):
     make()
-    (lost,) = take(horizon=0.0, lease=0.0)  # taken, never published nor confirmed
+    make()
+    with storage.db.atomic():
+        lost, kept = take()
+        dispatching.begin_pass([lost, kept], lease=0.0)  # taken, then the scheduler died publishing
+        store.cancel(kept.notification_id, host="api")
+    assert take() == [], "its message's lease has not run out"
+
+    with storage.db.atomic():
+        assert dispatching.undo_abandoned_passes() == 1, "only the row still as the pass left it"
     (again,) = take()
-    assert again.seq == lost.seq + 1
+    assert (again.notification_id, again.seq) == (lost.notification_id, lost.seq + 1)
+    assert dispatching.DispatchPass.select().count() == 0
+
+
+def test_a_pass_still_publishing_is_not_undone(db):
+    make()
+    with storage.db.atomic():
+        taken = take()
+        dispatching.begin_pass(taken, lease=60)
+    with storage.db.atomic():
+        assert dispatching.undo_abandoned_passes() == 0
+    assert take() == []
 
 
 def test_one_claim_takes_the_current_rows_of_a_message_and_no_others(db):
@@ -334,16 +355,16 @@ def all_at_once(*work) -> list[Exception]:
     return errors
 
 
-def confirming(taken, times=1):
-    def confirm():
+def releasing(taken, times=1):
+    def release():
         for _ in range(times):
             with storage.db.atomic():
-                store.confirm_dispatches(list(reversed(taken)), horizon=60, lease=600, host="s")
+                dispatching.release({d.notification_id: d.seq for d in reversed(taken)})
 
-    return confirm
+    return release
 
 
-def test_overlapping_claims_and_confirms_neither_deadlock_nor_claim_twice(db):
+def test_overlapping_claims_and_releases_neither_deadlock_nor_claim_twice(db):
     rows = [make() for _ in range(60)]
     taken = take(limit=100)
     message = {d.notification_id: d.seq for d in taken}
@@ -354,7 +375,7 @@ def test_overlapping_claims_and_confirms_neither_deadlock_nor_claim_twice(db):
         return lambda: claims.extend(str(n.id) for n in store.claim(dispatches, host="w", lease=60))
 
     orders = (forwards, backwards, forwards, backwards)
-    assert all_at_once(*(claiming(d) for d in orders), confirming(taken)) == []
+    assert all_at_once(*(claiming(d) for d in orders), releasing(taken)) == []
     assert sorted(claims) == sorted(str(n.id) for n in rows)
 
 
@@ -373,7 +394,7 @@ def test_a_pass_takes_up_to_the_limit_for_each_channel(db):
     assert [d.channel for d in take(limit=5, channels=["push"])] == ["push"]
 
 
-def test_marks_of_delivery_racing_a_confirm_do_not_deadlock(db):
+def test_marks_of_delivery_racing_a_release_do_not_deadlock(db):
     for _ in range(200):
         make()
     taken = take(limit=500)
@@ -388,5 +409,5 @@ def test_marks_of_delivery_racing_a_confirm_do_not_deadlock(db):
         return mark
 
     chunks = [taken[i::4] for i in range(4)]
-    assert all_at_once(*(marking(chunk) for chunk in chunks), confirming(taken, times=5)) == []
+    assert all_at_once(*(marking(chunk) for chunk in chunks), releasing(taken, times=5)) == []
     assert sorted(delivered) == sorted(d.notification_id for d in taken)

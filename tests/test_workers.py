@@ -8,6 +8,7 @@ import threading
 import pytest
 
 import storage
+from storage import dispatching
 from storage import notifications as store
 from tests.factories import make
 from tests.processes import Service, TcpRelay, via, wait_until
@@ -66,7 +67,7 @@ def test_sigterm_finishes_the_delivery_in_flight(tmp_path, fresh_postgres_url, r
 def test_concurrent_schedulers_dispatch_each_row_once(db):
     for _ in range(200):
         make()
-    taken: list[store.Dispatch] = []
+    taken: list[dispatching.Dispatch] = []
     barrier = threading.Barrier(4)
 
     def scheduler():
