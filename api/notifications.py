@@ -81,13 +81,13 @@ def _accept(channel: str, fields: dict[str, Any]) -> dict[str, Any]:
     now = dt.datetime.now(dt.UTC)
     row = _row(channel, fields, now)
     wake = _due_soon([row], now)
-    notification = store.create(host=settings.HOSTNAME, wake=wake, **row)
+    notification_id = store.create(host=settings.HOSTNAME, wake=wake, **row)
     _accepted([row], woke=wake)
-    with logs.context(str(notification.id), channel):
+    with logs.context(notification_id, channel):
         logger.info("Accepted, due %s", row["due_at"].isoformat())
     return {
         "status": "success",
-        "notification_id": notification.id,
+        "notification_id": notification_id,
         "message": f"{channel.capitalize()} notification scheduled",
     }
 

@@ -10,13 +10,16 @@ import datetime as dt
 import io
 import os
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import peewee
+from psycopg2.extras import execute_values
 
 from storage import BaseModel, db, events, is_postgres, wakeups
 from storage.clock import utcnow
+from storage.group_commit import GroupCommit
 
 PENDING, PROCESSING, DELIVERED, FAILED, CANCELLED = (
     "Pending",
@@ -127,36 +130,63 @@ _ACCEPTED = {
     "attempts_at_force": 0, "forced": False, "dispatch_seq": 0,
 }  # fmt: skip
 
-# The API's one write per notification on PostgreSQL: the row, sent with the schedulers' NOTIFY as
-# one round trip and one transaction. Its "created" event is the row itself (see events.history).
-_PG_CREATE = f"""
-INSERT INTO notification ({", ".join(_CREATE_COLUMNS)})
-VALUES ({", ".join(["%s"] * len(_CREATE_COLUMNS))})
-"""
+# The API's write of notifications on PostgreSQL: the rows, sent with the schedulers' NOTIFY as one
+# round trip and one transaction. A "created" event is the row itself (see events.history).
+_PG_CREATE = f"INSERT INTO notification ({', '.join(_CREATE_COLUMNS)}) VALUES %s"
 
 
-def create(*, host: str, wake: bool = False, **fields: Any) -> Notification:
-    """Insert one notification; ``wake`` tells schedulers at commit that it falls due soon."""
-    now = utcnow()
+@dataclass(frozen=True, slots=True)
+class _Accepted:
+    """A notification handed to the group writer: every column of its row, and whether to wake."""
+
+    record: dict[str, Any]
+    wake: bool
+
+
+def _insert_accepted(accepted: Sequence[_Accepted]) -> None:
+    """Insert rows from any number of requests in one statement, one transaction."""
+    records = [a.record for a in accepted]
+    wake = any(a.wake for a in accepted)
     if is_postgres():
-        record = {
-            **_ACCEPTED,
-            **fields,
-            "id": uuid.uuid4(),
-            "api_host": host,
-            "created_at": now,
-            "updated_at": now,
-        }
-        params = {**record, "id": str(record["id"]), "data": Notification.data.db_value(record["data"])}
+        data = Notification.data.db_value
+        values = [
+            tuple(data(r["data"]) if name == "data" else r[name] for name in _CREATE_COLUMNS) for r in records
+        ]
         sql = _PG_CREATE + (f"; NOTIFY {wakeups.CHANNEL}" if wake else "")
-        db.execute_sql(sql, [params[name] for name in _CREATE_COLUMNS])
-        # Without the model's defaults, which would draw another uuid4 (a system call) for nothing.
-        return Notification(__no_default__=True, **record)
+        with peewee.__exception_wrapper__:  # type: ignore[attr-defined]
+            execute_values(db.cursor(), sql, values, page_size=len(values))
+        return
     with db.atomic():
-        notification = Notification.create(api_host=host, created_at=now, updated_at=now, **fields)
+        Notification.insert_many(records).execute()
         if wake:
             wakeups.notify_due()
-    return notification
+
+
+# The API's requests, each storing one notification, share their commits (see group_commit).
+_accepting: GroupCommit[_Accepted] = GroupCommit(_insert_accepted)
+
+
+def create(*, host: str, wake: bool = False, **fields: Any) -> str:
+    """Store one notification and return its id; ``wake`` tells schedulers at commit that it falls due soon.
+
+    It is committed together with those other threads of this process are storing at the same time.
+    """
+    now = utcnow()
+    record = {
+        **_ACCEPTED,
+        **fields,
+        "id": _random_ids(1)[0],
+        "api_host": host,
+        "created_at": now,
+        "updated_at": now,
+    }
+    accepted = _Accepted(record, wake)
+    if db.in_transaction():
+        # The caller's transaction is its own: others' rows must not commit, or roll back, with it.
+        _insert_accepted([accepted])
+    else:
+        _accepting.submit(accepted)
+    return record["id"]
 
 
 def create_many(rows: list[dict[str, Any]], *, host: str, wake: bool = False) -> list[str]:

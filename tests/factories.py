@@ -21,4 +21,4 @@ def make(channel: str = "push", *, due_in: float = 0.0, **extra) -> store.Notifi
         "due_at": now + dt.timedelta(seconds=due_in),
         **extra,
     }
-    return store.create(host="api-1", **fields)
+    return store.get(store.create(host="api-1", **fields))

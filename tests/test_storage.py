@@ -28,12 +28,23 @@ def test_create_records_a_created_event(db):
     assert store.get(n.id).status == store.PENDING
 
 
-def test_create_returns_the_row_as_stored(db):
-    n = make(title="t", data={"a": [1, None]})
-    fields = store.Notification._meta.fields
-    assert {name: getattr(n, name) for name in fields} == {
-        name: getattr(store.get(n.id), name) for name in fields
-    }
+def test_create_stores_what_it_was_given_and_returns_the_id(db):
+    now = utcnow()
+    given = {
+        "channel": "push", "recipient_id": "r1", "content": "hello", "title": "t", "data": {"a": [1, None]},
+        "timezone": "Europe/Warsaw", "scheduled_time": now, "appropriate_delivery": False,
+        "due_at": now + dt.timedelta(hours=3),
+    }  # fmt: skip
+    nid = store.create(host="api-9", **given)
+    row = store.get(nid)
+    assert {name: getattr(row, name) for name in given} == given
+    assert (str(row.id), row.api_host, row.status, row.attempt_count, row.dispatch_seq) == (
+        nid,
+        "api-9",
+        store.PENDING,
+        0,
+        0,
+    )
 
 
 def test_created_is_read_from_the_row_not_stored_twice(db):
