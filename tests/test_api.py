@@ -9,7 +9,7 @@ import pytest
 from flask import Flask
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from marshmallow import ValidationError
+from marshmallow import Schema, ValidationError
 
 from api import schemas
 from storage import notifications as store
@@ -322,16 +322,21 @@ _PUSH_BODIES = st.fixed_dictionaries(
 )
 
 
+def marshmallow_load(schema, body):
+    """The schema's own load, without the quick path PushRequest.load tries first."""
+    return Schema.load(schema, body)
+
+
 @given(body=_PUSH_BODIES)
 @settings(max_examples=400, deadline=None, database=None)
 def test_a_batch_push_item_loads_as_the_schema_loads_it(body):
-    """plain_push, batches' quick path, gives the schema's result or declines, never another answer."""
+    """plain_push, the quick path, gives marshmallow's result or declines, never another answer."""
     app = Flask(__name__)
     app.config.update(MAX_DATA_BYTES=4096, MAX_DATA_DEPTH=5)
     with app.app_context():
         quick = schemas.plain_push(dict(body))
         try:
-            loaded = schemas.PushRequest().load(dict(body))
+            loaded = marshmallow_load(schemas.PushRequest(), dict(body))
         except ValidationError:
             assert quick is None
         else:
@@ -349,7 +354,7 @@ def test_a_batch_push_item_loads_as_the_schema_loads_it(body):
 )
 def test_usual_push_items_take_the_quick_path(app, body):
     with app.app_context():
-        assert schemas.plain_push(dict(body)) == schemas.PushRequest().load(dict(body))
+        assert schemas.plain_push(dict(body)) == marshmallow_load(schemas.PushRequest(), dict(body))
 
 
 @pytest.mark.parametrize(
