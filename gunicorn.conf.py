@@ -17,8 +17,10 @@ bind = f"0.0.0.0:{settings.PORT}"
 workers = settings.WEB_CONCURRENCY if settings.BROKER_URL else 1
 worker_class = "gthread"
 threads = settings.WEB_THREADS
-# One line per request and per event, on stdout, like the workers'.
+# One line per request and per event, on stdout, like the workers'; access lines are queued for the
+# writer thread as every other record is (logs.GunicornLogger).
 accesslog = "-"
+logger_class = "logs.GunicornLogger"
 errorlog = "/dev/stdout"
 loglevel = settings.LOG_LEVEL.lower()
 
