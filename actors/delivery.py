@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
-import peewee
 
 import logs
 import settings
@@ -65,16 +64,13 @@ def deliver(dispatches: dict[str, int]) -> None:
     batch = _Batch(dispatches)
     try:
         batch.run()
-    except DATABASE_ERRORS as exc:
+    except storage.UNAVAILABLE as exc:
         # Wait out a database outage here, so that it costs the message one retry, not all of them.
         logger.warning("Database unavailable while delivering %d notifications: %s", len(dispatches), exc)
         if storage.wait_until_available(settings.DATABASE_WAIT):
             batch.salvage()
         raise dramatiq.Retry(f"database unavailable: {exc}", delay=100) from exc
     _raise_for_retry(batch.retry)
-
-
-DATABASE_ERRORS = (peewee.OperationalError, peewee.InterfaceError)
 
 
 @dataclass(frozen=True)
@@ -150,7 +146,7 @@ class _Batch:
         try:
             self.record()
             self.give_back("not attempted: the database was unavailable")
-        except DATABASE_ERRORS as exc:
+        except storage.UNAVAILABLE as exc:
             # Left in Processing, the rows go out again when their claim runs out.
             logger.warning("Could not record the message's progress after the outage: %s", exc)
 

@@ -6,7 +6,6 @@ import atexit
 import logging
 from typing import Any
 
-import peewee
 import swagger_ui_bundle
 from flask import Flask, send_from_directory
 from flask_smorest import Api
@@ -72,14 +71,15 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         # Served from the installed package, so the docs work offline.
         return send_from_directory(swagger_ui_bundle.swagger_ui_path, filename, max_age=86400)
 
-    @app.errorhandler(peewee.OperationalError)
-    @app.errorhandler(peewee.InterfaceError)
     def database_unavailable(exc: Exception):
         logger.error("Database unavailable: %s", exc)
         storage.drop_connection()
         unavailable = ServiceUnavailable()
         unavailable.data = {"message": "The database is unavailable; try again shortly."}
         return api.handle_http_exception(unavailable)
+
+    for unavailable_error in storage.UNAVAILABLE:
+        app.register_error_handler(unavailable_error, database_unavailable)
 
     if app.config["RUN_WORKERS"]:
         from actors.metrics import DeliveryMetrics

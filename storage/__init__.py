@@ -10,21 +10,34 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import peewee
-from playhouse.pool import PooledPostgresqlDatabase
+from playhouse.pool import MaxConnectionsExceeded, PooledPostgresqlDatabase
+
+import settings
 
 logger = logging.getLogger(__name__)
 
 db = peewee.DatabaseProxy()
 
-# Whatever a database call may raise. A connection the server dropped raises OperationalError, and
-# then InterfaceError on the next use (the rollback, say), which peewee does not make a DatabaseError.
-DATABASE_ERRORS: tuple[type[Exception], ...] = (peewee.DatabaseError, peewee.InterfaceError)
+# No database to be had: it is away, or every connection of the pool is busy. A connection the server
+# dropped raises OperationalError, then InterfaceError at its next use (the rollback, say).
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    peewee.OperationalError,
+    peewee.InterfaceError,
+    MaxConnectionsExceeded,
+)
+# Whatever a database call may raise (peewee makes neither of the last two a DatabaseError).
+DATABASE_ERRORS: tuple[type[Exception], ...] = (peewee.DatabaseError, *UNAVAILABLE)
 
 
 class BaseModel(peewee.Model):
     class Meta:
         database = db
         legacy_table_names = False
+
+
+# Every web and worker thread keeps a connection of its own (see init_app), and a process may be both
+# (the embedded mode); a scheduler and a heartbeat take one each besides.
+_POOL_SIZE = settings.WEB_THREADS + settings.WORKER_THREADS + 4
 
 
 def database_for(url: str) -> peewee.Database:
@@ -49,9 +62,11 @@ def database_for(url: str) -> peewee.Database:
             password=unquote(parts.password) if parts.password else None,
             host=parts.hostname,
             port=parts.port,
-            max_connections=int(options.pop("max_connections", 32)),
+            max_connections=int(
+                options.pop("max_connections", settings.WEB_THREADS + settings.WORKER_THREADS + 4)
+            ),
             stale_timeout=300,
-            timeout=10,
+            timeout=float(options.pop("pool_timeout", 10)),
             connect_timeout=int(options.pop("connect_timeout", 5)),
             **options,
         )

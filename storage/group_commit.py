@@ -13,13 +13,9 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
-import peewee
+from storage import UNAVAILABLE
 
 Item = TypeVar("Item")
-
-# Errors that say the database is away: nothing of the group was written, and each of its items
-# gets the error. Any other error may be one item's own: each is then written alone.
-_OUTAGE = (peewee.OperationalError, peewee.InterfaceError)
 
 
 class _Slot(Generic[Item]):
@@ -74,14 +70,14 @@ class GroupCommit(Generic[Item]):
     def _write_each(self, group: list[_Slot[Item]]) -> None:
         try:
             self._write([slot.item for slot in group])
-        except _OUTAGE as exc:
+        except UNAVAILABLE as exc:  # nothing was written, and nothing can be now
             for slot in group:
                 slot.error = exc
         except Exception as exc:
             if len(group) == 1:
                 group[0].error = exc
                 return
-            # One item may be at fault: each is written alone, so that it alone fails.
+            # Any other error may be one item's own: each is written alone, so that it alone fails.
             for slot in group:
                 try:
                     self._write([slot.item])

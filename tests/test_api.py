@@ -229,6 +229,39 @@ def test_health_is_503_when_the_database_is_unreachable(tmp_path):
     assert response.json["database"] == "unreachable"
 
 
+@pytest.mark.postgres
+def test_no_free_connection_is_a_503_and_stores_nothing(postgres_url):
+    import threading
+
+    import storage
+    from api import create_app
+
+    url = f"{postgres_url}?max_connections=1&pool_timeout=0.1"
+    app = create_app({"TESTING": True, "DATABASE_URL": url, "RUN_WORKERS": False})
+    with storage.db.connection_context():
+        storage.db.execute_sql("TRUNCATE notification")
+    held, release = threading.Event(), threading.Event()
+
+    def hold_the_only_connection() -> None:
+        with storage.db.connection_context():
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold_the_only_connection)
+    holder.start()
+    try:
+        assert held.wait(10)
+        response = post(app.test_client(), "push", **PUSH)
+    finally:
+        release.set()
+        holder.join()
+    assert response.status_code == 503
+    assert response.json["message"] == "The database is unavailable; try again shortly."
+    with storage.db.connection_context():
+        assert storage.db.execute_sql("SELECT count(*) FROM notification").fetchone()[0] == 0
+    storage.db.close()
+
+
 def test_openapi_spec_and_swagger_ui_are_served(client):
     spec = client.get("/openapi.json").json
     assert "/notifications/push" in spec["paths"]
