@@ -275,7 +275,7 @@ def backing(name: str) -> Iterator[Backing]:
 # --- processes ------------------------------------------------------------------------------------
 
 
-def _stop(process: subprocess.Popen, timeout: float = 30) -> None:
+def stop(process: subprocess.Popen, timeout: float = 30) -> None:
     """SIGTERM the process (as a supervisor would), then SIGKILL its whole session if it lingers."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
@@ -383,7 +383,7 @@ class Service:
     def stop(self) -> None:
         for process in (self.workers, self.api):
             if process is not None:
-                _stop(process)
+                stop(process)
 
 
 class Receiver:
@@ -400,7 +400,7 @@ class Receiver:
         assert self.process.stdout is not None
         line = self.process.stdout.readline().split()
         if len(line) != 2 or line[0] != "PORT":
-            _stop(self.process, 5)
+            stop(self.process, 5)
             raise BenchError("the push receiver did not start")
         self.port = int(line[1])
         self.url = f"http://127.0.0.1:{self.port}/push"
@@ -420,7 +420,7 @@ class Receiver:
         return self._get("/arrivals")
 
     def stop(self) -> None:
-        _stop(self.process, 5)
+        stop(self.process, 5)
 
 
 class Profiler:

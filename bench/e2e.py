@@ -16,7 +16,6 @@ from bench.common import (
     BIN,
     ROOT,
     BenchError,
-    _stop,
     backing,
     batch_body,
     log,
@@ -24,6 +23,7 @@ from bench.common import (
     print_table,
     push_item,
     running,
+    stop,
     write_result,
 )
 
@@ -129,7 +129,7 @@ def ceiling(n: int, processes: int, threads: int, timeout: float) -> dict[str, A
                     break
                 time.sleep(0.2)
         finally:
-            _stop(worker)
+            stop(worker)
     first = min((s["first"] for s in stats if s["first"]), default=0.0)
     last = max((s["last"] for s in stats), default=0.0)
     span = max(last - first, 1e-9)

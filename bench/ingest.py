@@ -1,10 +1,29 @@
-"""Ingest: POST /notifications/push under gunicorn; load from wrk (another process), 16 and 64 connections."""
+"""Ingest: POST /notifications/push under gunicorn; load from wrk (another process), 16 and 64 connections.
+
+Also measured, as the ceiling: bench/bare_app.py, Flask answering the same POST with 202 and nothing
+else, under gunicorn with the service's worker class, processes and threads.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import subprocess
+import tempfile
+from collections.abc import Iterator
 
-from bench.common import log, next_week, print_table, running, write_result
+from bench.common import (
+    BIN,
+    ROOT,
+    free_port,
+    log,
+    next_week,
+    print_table,
+    running,
+    stop,
+    wait_until,
+    write_result,
+)
 from bench.loadgen import WRK_MISSING, have_wrk, load
 
 NAME = "ingest"
@@ -30,26 +49,33 @@ def run(quick: bool, scale: float = 1.0) -> dict:
         for concurrency in (16, 64):
             load(url, body, concurrency, warmup)
             log(f"{seconds}s at concurrency {concurrency}")
-            rows.append(load(url, body, concurrency, seconds))
+            rows.append({"what": "service", **load(url, body, concurrency, seconds)})
         stored = service.backing.sql("SELECT count(*) FROM notification")[0][0]
+    with bare_flask() as bare_url:
+        for concurrency in (16, 64):
+            load(bare_url, body, concurrency, warmup)
+            log(f"ceiling: bare Flask, {seconds}s at concurrency {concurrency}")
+            rows.append({"what": "bare Flask (ceiling)", **load(bare_url, body, concurrency, seconds)})
+    ceiling = {r["concurrency"]: r["requests_per_s"] for r in rows if r["what"] != "service"}
     print_table(
         f"Ingest: POST /notifications/push (target: {TARGET})",
-        ["concurrency", "requests/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors", "tool"],
+        ["what", "concurrency", "requests/s", "of ceiling", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors"],
         [
             [
+                r["what"],
                 r["concurrency"],
                 r["requests_per_s"],
+                f"{100 * r['requests_per_s'] / ceiling[r['concurrency']]:.0f}%",
                 r["p50_ms"],
                 r["p90_ms"],
                 r["p99_ms"],
                 r["max_ms"],
                 r["http_errors"] + r["socket_errors"] + r["timeouts"],
-                r["tool"],
             ]
             for r in rows
         ],
     )
-    at64 = rows[-1]
+    at64 = next(r for r in rows if r["what"] == "service" and r["concurrency"] == 64)
     results = {
         "runs": rows,
         "rows_stored": stored,
@@ -60,6 +86,45 @@ def run(quick: bool, scale: float = 1.0) -> dict:
         "seconds": seconds,
         "warmup_seconds": warmup,
         "service": "gunicorn.conf.py defaults + run_workers.sh push",
+        "ceiling": "gunicorn bench.bare_app:app, same worker class, processes and threads, no access log",
     }
     write_result(NAME, quick, params, results, notes)
     return results
+
+
+@contextlib.contextmanager
+def bare_flask() -> Iterator[str]:
+    """bench/bare_app.py under gunicorn as the service runs (gunicorn.conf.py's worker settings)."""
+    import settings
+
+    port = free_port()
+    args = [
+        str(BIN / "gunicorn"),
+        "bench.bare_app:app",
+        "--config",
+        "/dev/null",
+        "--bind",
+        f"127.0.0.1:{port}",
+    ]
+    args += ["--worker-class", "gthread", "--workers", str(settings.WEB_CONCURRENCY)]
+    args += ["--threads", str(settings.WEB_THREADS), "--log-level", "warning"]
+    with tempfile.TemporaryFile() as out:
+        process = subprocess.Popen(
+            args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            wait_until(lambda: _answers(port), timeout=30, what="gunicorn bench.bare_app:app")
+            yield f"http://127.0.0.1:{port}/notifications/push"
+        finally:
+            stop(process)
+
+
+def _answers(port: int) -> bool:
+    import http.client
+
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("POST", "/notifications/push", body=b"{}", headers={"Content-Type": "application/json"})
+        return conn.getresponse().status == 202
+    except OSError:
+        return False
