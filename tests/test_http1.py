@@ -97,36 +97,40 @@ def connect() -> Iterator:
         connection.close()
 
 
-def test_content_length_body_and_the_connection_is_kept(serve, connect) -> None:
-    server = serve(
-        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Other: a\r\n\r\nhello",
-        b"HTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n",
-    )
+@pytest.mark.parametrize(
+    ("first_answer", "first", "second_answer", "second"),
+    [
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Other: a\r\n\r\nhello",
+            (200, b"hello", "x-other", "a"),
+            b"HTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n",
+            (201, b""),
+            id="content-length",
+        ),
+        pytest.param(
+            b"HTTP/1.1 503 Busy\r\nTransfer-Encoding: chunked\r\nRetry-After: 7\r\n\r\n"
+            b"4;ext=1\r\nbusy\r\n7\r\n, later\r\n0\r\nX-Trailer: t\r\n\r\n",
+            (503, b"busy, later", "retry-after", "7"),
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+            (204, b""),
+            id="chunked",
+        ),
+    ],
+)
+def test_a_framed_body_is_read_whole_and_the_connection_kept(
+    serve, connect, first_answer, first, second_answer, second
+) -> None:
+    server = serve(first_answer, second_answer)
     connection = connect(server)
 
-    first = connection.request(HEAD, b"{}", max_body=100)
-    second = connection.request(HEAD, b"{}", max_body=100)
+    one = connection.request(HEAD, b"{}", max_body=100)
+    two = connection.request(HEAD, b"{}", max_body=100)
 
-    assert (first.status, first.body, first.headers["x-other"]) == (200, b"hello", "a")
-    assert (second.status, second.body) == (201, b"")
+    status, body, header, value = first
+    assert (one.status, one.body, one.headers[header]) == (status, body, value)
+    assert (two.status, two.body) == second
     assert server.connections == 1
     assert server.requests == [HEAD + b"{}"] * 2
-
-
-def test_chunked_body_is_joined_and_the_connection_is_kept(serve, connect) -> None:
-    server = serve(
-        b"HTTP/1.1 503 Busy\r\nTransfer-Encoding: chunked\r\nRetry-After: 7\r\n\r\n"
-        b"4;ext=1\r\nbusy\r\n7\r\n, later\r\n0\r\nX-Trailer: t\r\n\r\n",
-        b"HTTP/1.1 204 No Content\r\n\r\n",
-    )
-    connection = connect(server)
-
-    first = connection.request(HEAD, b"{}", max_body=100)
-    second = connection.request(HEAD, b"{}", max_body=100)
-
-    assert (first.status, first.body, first.headers["retry-after"]) == (503, b"busy, later", "7")
-    assert (second.status, second.body) == (204, b"")
-    assert server.connections == 1
 
 
 def test_interim_answers_are_skipped(serve, connect) -> None:
