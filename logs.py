@@ -16,10 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any, TextIO
-
-from gunicorn import config as gunicorn_config
-from gunicorn import glogging
+from typing import TextIO
 
 import settings
 
@@ -223,50 +220,3 @@ def configure(stream: TextIO | None = None, *, replace: bool = False) -> Writer 
     atexit.register(writer.stop)
     logging.basicConfig(level=settings.LOG_LEVEL, handlers=[enqueue], force=replace)
     return writer
-
-
-class GunicornLogger(glogging.Logger):
-    """gunicorn's logger (``logger_class`` in gunicorn.conf.py), writing access lines cheaply.
-
-    For each request gunicorn's own builds a dict of every header and environ variable and writes
-    the line at once, under a lock. With the default format and the access log on stdout, this
-    writes the same line, queued for the writer thread like every other record (with its prefix).
-    """
-
-    def setup(self, cfg: Any) -> None:
-        super().setup(cfg)
-        self._queued = cfg.accesslog == "-" and cfg.access_log_format == _COMBINED
-        if self._queued:
-            for handler in list(self.access_log.handlers):
-                if getattr(handler, "_gunicorn", False):
-                    self.access_log.removeHandler(handler)
-            self.access_log.propagate = True  # to the root's handler, set up in each worker
-        self._second: tuple[int, str] = (-1, "")
-
-    def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
-        if not self._queued:
-            super().access(resp, req, environ, request_time)
-            return
-        status = resp.status.split(None, 1)[0] if isinstance(resp.status, str) else resp.status
-        sent = "-" if getattr(resp, "sent", None) is None else resp.sent
-        request_line = f"{environ['REQUEST_METHOD']} {environ['RAW_URI']} {environ['SERVER_PROTOCOL']}"
-        self.access_log.info(
-            f"{environ.get('REMOTE_ADDR', '-')} - {_quoted(self._get_user(environ) or '-')} {self.now()} "
-            f'"{_quoted(request_line)}" {status} {sent} "{_quoted(environ.get("HTTP_REFERER", "-"))}" '
-            f'"{_quoted(environ.get("HTTP_USER_AGENT", "-"))}"'
-        )
-
-    def now(self) -> str:
-        # Formatted once per second, not once per request.
-        second = int(time.time())
-        if self._second[0] != second:
-            self._second = (second, time.strftime("[%d/%b/%Y:%H:%M:%S %z]", time.localtime(second)))
-        return self._second[1]
-
-
-# gunicorn's default access_log_format, the Apache combined format, which GunicornLogger writes.
-_COMBINED = gunicorn_config.AccessLogFormat.default
-
-
-def _quoted(value: str) -> str:
-    return value.replace('"', '\\"')

@@ -260,3 +260,38 @@ def test_pending_lines_are_written_whole_a_pipe_buffer_at_most_at_a_time():
     assert len(lines) == 62 and lines[-2].endswith(long_line) and lines[-1].endswith("last")
     assert len(stream.writes) > 2 and all(w.endswith("\n") for w in stream.writes)
     assert all(len(w.encode()) <= select.PIPE_BUF or w.count("\n") == 1 for w in stream.writes)
+
+
+def test_access_lines_are_the_combined_format_with_the_common_prefix(tmp_path):
+    import http.client
+    import re
+
+    from tests.processes import Service, wait_until
+
+    service = Service(tmp_path, DATABASE_URL=f"sqlite:///{tmp_path}/access.db", BROKER_URL="")
+    try:
+        port = int(service.start_api().rsplit(":", 1)[1])
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request(
+            "POST",
+            "/notifications/push?via=test",
+            body=b'{"recipient_id": "r1", "content": "hi"}',
+            headers={"Content-Type": "application/json", "User-Agent": 'agent "7"', "Referer": "http://x/"},
+        )
+        assert conn.getresponse().status == 202
+        conn.close()
+
+        def access_line():
+            lines = [line for line in service.logs().splitlines() if "POST /notifications/push" in line]
+            return lines[0] if lines else None
+
+        line = wait_until(access_line, timeout=10)
+    finally:
+        service.close()
+    prefix = rf"^\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d,\d{{3}} INFO host={re.escape(settings.HOSTNAME)} "
+    combined = (
+        r"channel=- notification=- gunicorn\.access: 127\.0\.0\.1 - - "
+        r"\[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}\] "
+        r'"POST /notifications/push\?via=test HTTP/1\.1" 202 \d+ "http://x/" "agent \\"7\\""$'
+    )
+    assert re.match(prefix + combined, line), line
