@@ -428,6 +428,8 @@ class Profiler:
 
     def __init__(self, service: Service, name: str, directory: Path) -> None:
         self.recorders: list[subprocess.Popen] = []
+        if not (BIN / "py-spy").exists():
+            raise BenchError(f"--profile needs py-spy: {BIN / 'pip'} install py-spy")
         directory.mkdir(parents=True, exist_ok=True)
         for role in ("gunicorn worker", "dramatiq worker"):
             for proc in service.processes().get(role, []):
