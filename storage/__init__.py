@@ -62,9 +62,7 @@ def database_for(url: str) -> peewee.Database:
             password=unquote(parts.password) if parts.password else None,
             host=parts.hostname,
             port=parts.port,
-            max_connections=int(
-                options.pop("max_connections", settings.WEB_THREADS + settings.WORKER_THREADS + 4)
-            ),
+            max_connections=int(options.pop("max_connections", _POOL_SIZE)),
             stale_timeout=300,
             timeout=float(options.pop("pool_timeout", 10)),
             connect_timeout=int(options.pop("connect_timeout", 5)),
