@@ -6,6 +6,7 @@ import collections
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,8 +16,7 @@ import logs
 import settings
 import storage
 from actors.providers import DeliveryError, Envelope, TransientDeliveryError, provider_for
-from storage import db, events
-from storage import notifications as store
+from storage import db, events, transitions
 from storage.clock import utcnow
 
 logger = logging.getLogger(__name__)
@@ -29,21 +29,21 @@ _RETRY_OPTIONS: dict[str, Any] = {
 
 
 @dramatiq.actor(queue_name="push", **_RETRY_OPTIONS)
-def deliver_push(dispatches: dict[str, int]) -> None:
-    """Deliver push notifications: ``dispatches`` maps their ids to this message's dispatch numbers."""
-    deliver(dispatches)
+def deliver_push(seqs: dict[str, int]) -> None:
+    """Deliver push notifications: ``seqs`` maps their ids to the message numbers this message carries."""
+    deliver(seqs)
 
 
 @dramatiq.actor(queue_name="email", **_RETRY_OPTIONS)
-def deliver_email(dispatches: dict[str, int]) -> None:
-    """Deliver emails: ``dispatches`` maps their ids to this message's dispatch numbers."""
-    deliver(dispatches)
+def deliver_email(seqs: dict[str, int]) -> None:
+    """Deliver emails: ``seqs`` maps their ids to the message numbers this message carries."""
+    deliver(seqs)
 
 
 ACTORS: dict[str, dramatiq.Actor] = {"push": deliver_push, "email": deliver_email}
 
 
-def envelope_of(notification: store.Claimed) -> Envelope:
+def envelope_of(notification: transitions.Claimed) -> Envelope:
     return Envelope(
         notification_id=notification.id,
         channel=notification.channel,
@@ -55,18 +55,18 @@ def envelope_of(notification: store.Claimed) -> Envelope:
     )
 
 
-def deliver(dispatches: dict[str, int]) -> None:
+def deliver(seqs: dict[str, int], *, clock: Callable[[], float] = time.monotonic) -> None:
     """Deliver each notification the message is current for; stale and duplicate ones do nothing.
 
     A transient failure raises once the rest are done, so that the Retries middleware sends the
     message again later: its rows delivered or failed meanwhile are then no longer claimable.
     """
-    batch = _Batch(dispatches)
+    batch = _Batch(seqs, clock)
     try:
         batch.run()
     except storage.UNAVAILABLE as exc:
         # Wait out a database outage here, so that it costs the message one retry, not all of them.
-        logger.warning("Database unavailable while delivering %d notifications: %s", len(dispatches), exc)
+        logger.warning("Database unavailable while delivering %d notifications: %s", len(seqs), exc)
         if storage.wait_until_available(settings.DATABASE_WAIT):
             batch.salvage()
         raise dramatiq.Retry(f"database unavailable: {exc}", delay=100) from exc
@@ -94,11 +94,12 @@ _RECORD_AFTER = 0.25
 class _Batch:
     """The notifications of one message: claimed at once, delivered in turn, recorded in groups."""
 
-    def __init__(self, dispatches: dict[str, int]) -> None:
-        self.dispatches = dispatches
-        self.started = time.monotonic()
-        self.untried: collections.deque[store.Claimed] = collections.deque()
-        self.unrecorded: list[store.Claimed] = []
+    def __init__(self, seqs: dict[str, int], clock: Callable[[], float]) -> None:
+        self.seqs = seqs
+        self.clock = clock
+        self.started = clock()
+        self.untried: collections.deque[transitions.Claimed] = collections.deque()
+        self.unrecorded: list[transitions.Claimed] = []
         self.recorded_at = self.started
         self.retry: list[Exception] = []
         self.outcomes: list[Outcome] = []
@@ -107,12 +108,12 @@ class _Batch:
     def run(self) -> None:
         # Each worker thread keeps its connection from message to message; an outage closes it.
         db.connect(reuse_if_open=True)
-        claimed = store.claim(self.dispatches, host=settings.HOSTNAME, lease=settings.PROCESSING_LEASE)
-        if len(claimed) < len(self.dispatches):
-            _skip_stale(self.dispatches, {n.id for n in claimed})
+        claimed = transitions.claim(self.seqs, host=settings.HOSTNAME, lease=settings.PROCESSING_LEASE)
+        if len(claimed) < len(self.seqs):
+            _skip_stale(self.seqs, {n.id for n in claimed})
         self.untried.extend(claimed)
         while self.untried:
-            if time.monotonic() - self.started > settings.PROCESSING_LEASE / 2:
+            if self.clock() - self.started > settings.PROCESSING_LEASE / 2:
                 # A slow provider used up half the claim: give the rest back before it runs out.
                 reason = "not attempted: the message ran out of time"
                 self.give_back(reason)
@@ -123,23 +124,25 @@ class _Batch:
                 _deliver_one(self, notification)
         self.record()
 
-    def seq(self, notification: store.Claimed) -> int:
-        return self.dispatches[notification.id]
+    def seq(self, notification: transitions.Claimed) -> int:
+        return self.seqs[notification.id]
 
-    def delivered(self, notification: store.Claimed) -> None:
+    def delivered(self, notification: transitions.Claimed) -> None:
         self.unrecorded.append(notification)
-        if len(self.unrecorded) >= _RECORD_EVERY or time.monotonic() - self.recorded_at >= _RECORD_AFTER:
+        if len(self.unrecorded) >= _RECORD_EVERY or self.clock() - self.recorded_at >= _RECORD_AFTER:
             self.record()
 
     def record(self) -> None:
         """Record the deliveries made since the last time; count those whose claim still held."""
-        done = store.mark_delivered({n.id: self.seq(n) for n in self.unrecorded}, host=settings.HOSTNAME)
+        done = transitions.mark_delivered(
+            {n.id: self.seq(n) for n in self.unrecorded}, host=settings.HOSTNAME
+        )
         now = utcnow()
         for notification in self.unrecorded:
             if notification.id in done:
                 lateness = max(0.0, (now - notification.due_at).total_seconds())
                 self.outcomes.append(Outcome(notification.channel, delivered=True, lateness=lateness))
-        self.unrecorded, self.recorded_at = [], time.monotonic()
+        self.unrecorded, self.recorded_at = [], self.clock()
 
     def salvage(self) -> None:
         """After an outage: record what was delivered, give back what was not tried, for the retry."""
@@ -154,7 +157,7 @@ class _Batch:
         """Return the rows not tried yet, uncounted, to the retry of this message."""
         while self.untried:
             notification = self.untried.popleft()
-            store.defer(
+            transitions.defer(
                 notification.id,
                 self.seq(notification),
                 host=settings.HOSTNAME,
@@ -163,21 +166,23 @@ class _Batch:
             )
 
 
-def _skip_stale(dispatches: dict[str, int], claimed: set[str]) -> None:
+def _skip_stale(seqs: dict[str, int], claimed: set[str]) -> None:
     """Cancelled, delivered, forced or re-sent since this message was published: nothing to do."""
-    stale = store.stale({nid: seq for nid, seq in dispatches.items() if nid not in claimed})
+    stale = transitions.stale({nid: seq for nid, seq in seqs.items() if nid not in claimed})
     for notification_id in stale:
-        seq = dispatches[notification_id]
+        seq = seqs[notification_id]
         events.record(notification_id, "skipped", settings.HOSTNAME, detail=f"stale message {seq}")
         logger.info("Skipped %s: message %d is no longer current", notification_id, seq)
 
 
-def _deliver_one(batch: _Batch, notification: store.Claimed) -> None:
+def _deliver_one(batch: _Batch, notification: transitions.Claimed) -> None:
     host, seq, notification_id = settings.HOSTNAME, batch.seq(notification), notification.id
     attempt = notification.attempt_count - notification.attempts_at_force
     if attempt > settings.MAX_RETRY_ATTEMPTS + 1:
         # Only reachable when workers kept dying mid-delivery: stop before trying yet again.
-        if store.mark_failed(notification_id, seq, host=host, error="gave up: workers stopped mid-delivery"):
+        if transitions.mark_failed(
+            notification_id, seq, host=host, error="gave up: workers stopped mid-delivery"
+        ):
             batch.outcomes.append(Outcome(notification.channel, delivered=False))
         return
     provider = provider_for(notification.channel)
@@ -196,7 +201,7 @@ def _retry_lease(retry_after: float | None) -> float:
     return max(settings.RETRY_MAX_DELAY, retry_after or 0) + settings.PROCESSING_LEASE
 
 
-def _record_failure(batch: _Batch, notification: store.Claimed, attempt: int, exc: Exception) -> bool:
+def _record_failure(batch: _Batch, notification: transitions.Claimed, attempt: int, exc: Exception) -> bool:
     """Record a failed attempt; True when the notification waits for the message's retry."""
     host, seq, notification_id = settings.HOSTNAME, batch.seq(notification), notification.id
     transient = not isinstance(exc, DeliveryError) or exc.transient
@@ -204,10 +209,10 @@ def _record_failure(batch: _Batch, notification: store.Claimed, attempt: int, ex
     if transient and attempt <= settings.MAX_RETRY_ATTEMPTS:
         retry_after = exc.retry_after if isinstance(exc, DeliveryError) else None
         lease = _retry_lease(retry_after)
-        store.release_for_retry(notification_id, seq, host=host, error=reason, lease=lease)
+        transitions.release_for_retry(notification_id, seq, host=host, error=reason, lease=lease)
         logger.warning("Attempt %d for %s failed, will retry: %s", attempt, notification_id, reason)
         return True
-    if store.mark_failed(notification_id, seq, host=host, error=reason):
+    if transitions.mark_failed(notification_id, seq, host=host, error=reason):
         batch.outcomes.append(Outcome(notification.channel, delivered=False))
     logger.error("Failed %s after %d attempts: %s", notification_id, attempt, reason)
     return False

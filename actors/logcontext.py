@@ -20,8 +20,8 @@ class LogContext(dramatiq.Middleware):
 
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         # A message for one notification names it; the delivery code names each one of a batch.
-        dispatches = message.args[0] if message.args and isinstance(message.args[0], dict) else {}
-        notification_id = next(iter(dispatches)) if len(dispatches) == 1 else "-"
+        seqs = message.args[0] if message.args and isinstance(message.args[0], dict) else {}
+        notification_id = next(iter(seqs)) if len(seqs) == 1 else "-"
         self._tokens[message.message_id] = logs.bind(notification_id, message.queue_name)
 
     def after_process_message(

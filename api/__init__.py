@@ -100,12 +100,12 @@ def _start_embedded_workers(*middleware: Any) -> None:
     from actors.heartbeat import Heartbeat
     from actors.logcontext import LogContext
     from actors.scheduler import SchedulerMiddleware
-    from storage import dispatching
+    from storage import schedule
 
     # Messages published by an earlier run of this process died with it; send them again.
-    released = dispatching.release_all()
+    released = schedule.release_all()
     if released:
-        logger.info("Re-dispatching %d notifications accepted before the restart", released)
+        logger.info("Publishing again %d notifications accepted before the restart", released)
     for extra in (LogContext(), SchedulerMiddleware(), Heartbeat(), *middleware):
         broker.add_middleware(extra)
     worker = dramatiq.Worker(broker, worker_threads=settings.WORKER_THREADS, worker_timeout=100)

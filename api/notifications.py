@@ -12,7 +12,7 @@ from flask_smorest import Blueprint, abort
 
 import logs
 import settings
-from actors import dispatch
+from actors import scheduler
 from api import prometheus
 from api.idempotency import idempotent
 from api.limits import JsonParser
@@ -28,8 +28,7 @@ from api.schemas import (
     NotificationSchema,
     PushRequest,
 )
-from storage import dispatching
-from storage import notifications as store
+from storage import ingest, queries, transitions
 from storage.clock import to_db
 
 logger = logging.getLogger(__name__)
@@ -63,16 +62,9 @@ def _row(channel: str, fields: dict[str, Any], now: dt.datetime) -> dict[str, An
     }
 
 
-def _due_soon(rows: list[dict[str, Any]], now: dt.datetime) -> bool:
-    """Whether any row falls due within the schedule horizon, so schedulers should look now."""
-    horizon = to_db(now) + dt.timedelta(seconds=settings.SCHEDULE_HORIZON)
-    return any(row["due_at"] <= horizon for row in rows)
-
-
-def _accepted(rows: list[dict[str, Any]], *, woke: bool) -> None:
-    """What follows storing accepted rows: wake this process's scheduler, count them."""
-    if woke:
-        dispatch.wake_schedulers()
+def _accepted(rows: list[dict[str, Any]]) -> None:
+    """What follows storing accepted rows: wake the schedulers if any falls due soon, count them."""
+    scheduler.wake(row["due_at"] for row in rows)
     for channel, count in Counter(row["channel"] for row in rows).items():
         prometheus.ACCEPTED_BY_CHANNEL[channel].inc(count)
 
@@ -80,9 +72,8 @@ def _accepted(rows: list[dict[str, Any]], *, woke: bool) -> None:
 def _accept(channel: str, fields: dict[str, Any]) -> dict[str, Any]:
     now = dt.datetime.now(dt.UTC)
     row = _row(channel, fields, now)
-    wake = _due_soon([row], now)
-    notification_id = store.create(host=settings.HOSTNAME, wake=wake, **row)
-    _accepted([row], woke=wake)
+    notification_id = ingest.create(host=settings.HOSTNAME, **row)
+    _accepted([row])
     with logs.context(notification_id, channel):
         logger.info("Accepted, due %s", row["due_at"].isoformat())
     return {
@@ -96,9 +87,9 @@ def _found(action, notification_id, **kwargs):
     """Run a storage transition, translating its domain errors to HTTP once."""
     try:
         return action(notification_id, **kwargs)
-    except store.NotificationNotFound:
+    except queries.NotificationNotFound:
         abort(404, message=f"Notification {notification_id} not found.")
-    except store.TransitionConflict as exc:
+    except transitions.TransitionConflict as exc:
         abort(409, message=str(exc))
 
 
@@ -134,9 +125,8 @@ class NotificationBatch(MethodView):
         """Schedule up to 1000 notifications at once, all or none"""
         now = dt.datetime.now(dt.UTC)
         rows = [_row(item.pop("channel"), item, now) for item in batch["notifications"]]
-        wake = _due_soon(rows, now)
-        ids = store.create_many(rows, host=settings.HOSTNAME, wake=wake)
-        _accepted(rows, woke=wake)
+        ids = ingest.create_many(rows, host=settings.HOSTNAME)
+        _accepted(rows)
         logger.info("Accepted a batch of %d", len(ids))
         return {
             "status": "success",
@@ -153,7 +143,7 @@ class Notifications(MethodView):
     def get(self, args):
         """List notifications, newest first"""
         limit, offset = args.pop("limit"), args.pop("offset")
-        query = store.listing(**args)
+        query = queries.listing(**args)
         return {"count": query.count(), "notifications": list(query.limit(limit).offset(offset))}
 
 
@@ -163,7 +153,7 @@ class NotificationById(MethodView):
     @blp.alt_response(404, response="NOT_FOUND")
     def get(self, notification_id):
         """Get one notification and its status"""
-        return _found(store.get, notification_id)
+        return _found(queries.get, notification_id)
 
 
 @blp.route("/<uuid:notification_id>/force")
@@ -175,9 +165,9 @@ class ForceNotification(MethodView):
     def post(self, notification_id):
         """Deliver now, ignoring schedule and appropriate hours"""
         notification = _found(
-            store.force, notification_id, host=settings.HOSTNAME, lease=settings.DISPATCH_LEASE
+            transitions.force, notification_id, host=settings.HOSTNAME, lease=settings.DISPATCH_LEASE
         )
-        task_id = dispatch.send_now(notification)
+        task_id = scheduler.publish_now(notification)
         return {
             "status": "success",
             "message": "Notification delivery forced",
@@ -194,14 +184,14 @@ class CancelNotification(MethodView):
     @blp.alt_response(409, response="CONFLICT")
     def post(self, notification_id):
         """Cancel a notification before delivery"""
-        notification = _found(store.cancel, notification_id, host=settings.HOSTNAME)
+        notification = _found(transitions.cancel, notification_id, host=settings.HOSTNAME)
         # The message already queued for it, if any: it will now do nothing when it comes.
-        dispatched = notification.dispatch_seq > 0
+        published = notification.message_seq > 0
         return {
             "status": "success",
             "message": "Notification cancelled",
             "notification_id": notification_id,
-            "task_id": dispatching.message_id_for(notification_id, notification.dispatch_seq)
-            if dispatched
+            "task_id": scheduler.message_id_for(notification_id, notification.message_seq)
+            if published
             else None,
         }

@@ -19,7 +19,7 @@ from prometheus_flask_exporter import PrometheusMetrics
 
 import settings
 from storage import metrics as store_metrics
-from storage.notifications import CHANNELS, FAILED, PENDING, PROCESSING
+from storage.models import CHANNELS, FAILED, PENDING, PROCESSING
 
 PATH = "/metrics/prometheus"
 

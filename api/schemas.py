@@ -12,7 +12,7 @@ from marshmallow import Schema, ValidationError, fields, post_load, validate, va
 import settings
 from api.limits import Text, bounded_json, encodable, printable
 from storage.clock import from_db
-from storage.notifications import CHANNELS, STATUSES, Notification
+from storage.models import CHANNELS, STATUSES, Notification
 
 MAX_CONTENT = 10_000
 # Far enough for any real schedule, near enough that date arithmetic cannot overflow.

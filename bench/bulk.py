@@ -113,7 +113,7 @@ def run(quick: bool, scale: float = 1.0) -> dict:
 # A push notification for next week, as the API stores it, made by PostgreSQL itself 1,000 at a time.
 _GENERATED_ROWS = """
 INSERT INTO notification (id, channel, recipient_id, content, subject, title, data, timezone, scheduled_time,
-    appropriate_delivery, due_at, status, attempt_count, attempts_at_force, forced, dispatch_seq, api_host,
+    appropriate_delivery, due_at, status, attempt_count, attempts_at_force, forced, message_seq, api_host,
     created_at, updated_at)
 SELECT gen_random_uuid(), 'push', 'user' || g, 'Your order has been shipped!', NULL, 'Order update', NULL,
     'UTC', due, true, due, 'Pending', 0, 0, false, 0, 'bench', made, made

@@ -59,13 +59,13 @@ def _postgres_backends(database: str) -> list[psutil.Process]:
 def _scheduler_pass_seconds(database_url: str) -> float:
     """One scheduler query (take_due for push) on the bench database, rolled back."""
     import storage
-    from storage import dispatching
+    from storage import schedule
 
     database = storage.configure(database_url)
     try:
         with database.connection_context(), database.atomic() as transaction:
             started = time.perf_counter()
-            dispatching.take_due(horizon=60, lease=600, limit=500, channels=["push"])
+            schedule.take_due(horizon=60, lease=600, limit=500, channels=["push"])
             elapsed = time.perf_counter() - started
             transaction.rollback()
     finally:

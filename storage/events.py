@@ -6,19 +6,9 @@ import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
-import peewee
-
-from storage import BaseModel, db, is_postgres
 from storage.clock import utcnow
-
-
-class NotificationEvent(BaseModel):
-    id = peewee.BigAutoField()
-    notification_id = peewee.UUIDField(index=True)
-    kind = peewee.CharField(max_length=16)
-    at = peewee.DateTimeField()
-    host = peewee.CharField(max_length=255)
-    detail = peewee.TextField(null=True)
+from storage.database import db, is_postgres
+from storage.models import NotificationEvent
 
 
 def record(
@@ -44,27 +34,3 @@ def record_many(notification_ids: Iterable[Any], kind: str, host: str, at: dt.da
         return
     rows = [{"notification_id": nid, "kind": kind, "host": host, "at": at} for nid in ids]
     NotificationEvent.insert_many(rows).execute()
-
-
-def history(notification_id: Any) -> list[NotificationEvent]:
-    """The events of one notification, oldest first.
-
-    "created" is not stored as an event: the notification's row already says when and by which host
-    it was accepted, so that event is read from there (and a "created" row stored by an earlier
-    version, which says the same, is left out).
-    """
-    from storage.notifications import Notification  # which imports this module
-
-    accepted = Notification.select(Notification.created_at, Notification.api_host).where(
-        Notification.id == notification_id
-    )
-    created = [
-        NotificationEvent(notification_id=notification_id, kind="created", at=n.created_at, host=n.api_host)
-        for n in accepted
-    ]
-    later = (
-        NotificationEvent.select()
-        .where((NotificationEvent.notification_id == notification_id) & (NotificationEvent.kind != "created"))
-        .order_by(NotificationEvent.at, NotificationEvent.id)
-    )
-    return created + list(later)

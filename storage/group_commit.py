@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
-from storage import UNAVAILABLE
+from storage.database import UNAVAILABLE
 
 Item = TypeVar("Item")
 

@@ -9,24 +9,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-import peewee
-
-from storage import BaseModel
 from storage.clock import utcnow
-
-
-class IdempotentRequest(BaseModel):
-    id = peewee.BigAutoField()
-    client = peewee.CharField(max_length=80)
-    key = peewee.CharField(max_length=255)
-    # sha256 of method, path and canonical JSON body: the same key must come with the same request.
-    request_hash = peewee.CharField(max_length=64)
-    created_at = peewee.DateTimeField()
-    status_code = peewee.IntegerField(null=True)
-    response_body = peewee.TextField(null=True)
-
-    class Meta:
-        indexes = ((("client", "key"), True), (("created_at",), False))
+from storage.models import IdempotentRequest
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@ from typing import Any
 
 import peewee
 
-from storage import db
 from storage.clock import utcnow
-from storage.notifications import CANCELLED, DELIVERED, FAILED, PENDING, PROCESSING, Notification
+from storage.database import db
+from storage.models import CANCELLED, DELIVERED, FAILED, PENDING, PROCESSING, Notification
 
 _COUNT = peewee.fn.COUNT(peewee.SQL("*"))
 

@@ -2,19 +2,7 @@
 
 from __future__ import annotations
 
-import peewee
-
-from storage import BaseModel
-
-
-class RateLimitWindow(BaseModel):
-    client = peewee.CharField(max_length=80)
-    # The window's number: seconds since the epoch divided by the window's length.
-    window = peewee.BigIntegerField()
-    count = peewee.IntegerField(default=0)
-
-    class Meta:
-        primary_key = peewee.CompositeKey("client", "window")
+from storage.models import RateLimitWindow
 
 
 def hit(client: str, window: int) -> int:

@@ -7,6 +7,15 @@ from collections.abc import Callable
 
 import peewee
 
+from storage.models import (
+    IdempotentRequest,
+    Notification,
+    NotificationEvent,
+    RateLimitWindow,
+    SchedulerPass,
+    WorkerProcess,
+)
+
 logger = logging.getLogger(__name__)
 
 # Any constant works; it only has to be the same in every process of this service.
@@ -21,15 +30,10 @@ class SchemaVersion(peewee.Model):
 
 
 def _create_v1(database: peewee.Database) -> None:
-    from storage.events import NotificationEvent
-    from storage.notifications import Notification
-
     database.create_tables([Notification, NotificationEvent], safe=True)
 
 
 def _add_worker_processes(database: peewee.Database) -> None:
-    from storage.workers import WorkerProcess
-
     database.create_tables([WorkerProcess], safe=True)
     # Counts by status and channel, the schedule per channel and a queue's page, read from the index.
     database.execute_sql(
@@ -39,9 +43,6 @@ def _add_worker_processes(database: peewee.Database) -> None:
 
 
 def _add_request_guards(database: peewee.Database) -> None:
-    from storage.idempotency import IdempotentRequest
-    from storage.ratelimit import RateLimitWindow
-
     database.create_tables([IdempotentRequest, RateLimitWindow], safe=True)
 
 
@@ -58,10 +59,8 @@ def _index_the_scheduler_queries(database: peewee.Database) -> None:
     )
 
 
-def _add_dispatch_passes(database: peewee.Database) -> None:
-    from storage.dispatching import DispatchPass
-
-    database.create_tables([DispatchPass], safe=True)
+def _add_scheduler_passes(database: peewee.Database) -> None:
+    database.create_tables([SchedulerPass], safe=True)
     # (status, channel, due_at) serves every query (status, due_at) did, and each index is written
     # again by every one of a notification's transitions.
     database.execute_sql("DROP INDEX IF EXISTS notification_status_due_at")
@@ -75,13 +74,33 @@ def _add_dispatch_passes(database: peewee.Database) -> None:
         )
 
 
+def _name_the_message_numbers(database: peewee.Database) -> None:
+    # "dispatch" named several things; the number is the row's broker message's, and a pass is a
+    # scheduler's. A database created at version 1 or 5 from the current models has the new names.
+    _rename_column(database, "notification", "dispatch_seq", "message_seq")
+    database.create_tables([SchedulerPass], safe=True)
+    if database.table_exists("dispatch_pass"):
+        # Passes in flight when the service stopped: their rows are handed back by the next start.
+        database.execute_sql(
+            "INSERT INTO scheduler_pass (id, seqs, lease_until)"
+            " SELECT id, dispatches, lease_until FROM dispatch_pass"
+        )
+        database.execute_sql("DROP TABLE dispatch_pass")
+
+
+def _rename_column(database: peewee.Database, table: str, old: str, new: str) -> None:
+    if old in {column.name for column in database.get_columns(table)}:
+        database.execute_sql(f"ALTER TABLE {table} RENAME COLUMN {old} TO {new}")
+
+
 # Append only: each entry brings the schema from its index to its index + 1.
 MIGRATIONS: list[Callable[[peewee.Database], None]] = [
     _create_v1,
     _add_worker_processes,
     _add_request_guards,
     _index_the_scheduler_queries,
-    _add_dispatch_passes,
+    _add_scheduler_passes,
+    _name_the_message_numbers,
 ]
 
 

@@ -7,18 +7,8 @@ from dataclasses import dataclass
 
 import peewee
 
-from storage import BaseModel
 from storage.clock import utcnow
-
-
-class WorkerProcess(BaseModel):
-    # host:pid, unique while the process lives; a restarted process gets a new row.
-    id = peewee.CharField(max_length=300, primary_key=True)
-    host = peewee.CharField(max_length=255)
-    queues = peewee.CharField(max_length=255)
-    in_flight = peewee.IntegerField(default=0)
-    started_at = peewee.DateTimeField()
-    last_seen = peewee.DateTimeField(index=True)
+from storage.models import WorkerProcess
 
 
 @dataclass(frozen=True)

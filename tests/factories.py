@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 
-from storage import notifications as store
+from storage import ingest, models, queries
 from storage.clock import utcnow
 
 
-def make(channel: str = "push", *, due_in: float = 0.0, **extra) -> store.Notification:
+def make(channel: str = "push", *, due_in: float = 0.0, **extra) -> models.Notification:
     """A Pending notification due ``due_in`` seconds from now, with ``extra`` fields overriding."""
     now = utcnow()
     fields = {
@@ -21,4 +21,4 @@ def make(channel: str = "push", *, due_in: float = 0.0, **extra) -> store.Notifi
         "due_at": now + dt.timedelta(seconds=due_in),
         **extra,
     }
-    return store.get(store.create(host="api-1", **fields))
+    return queries.get(ingest.create(host="api-1", **fields))

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from marshmallow import Schema, ValidationError
 
 from api import schemas
-from storage import notifications as store
+from storage import models
 
 PUSH = {"recipient_id": "user123", "content": "Your order has been shipped!"}
 EMAIL = {"recipient_id": "user@example.com", "content": "Your invoice is ready", "subject": "Invoice"}
@@ -104,7 +104,7 @@ def test_bad_input_is_a_422_naming_the_field_and_writes_nothing(app, client, cha
     assert response.status_code == 422
     assert field in response.json["errors"]["json"]
     with app.app_context():
-        assert store.Notification.select().count() == 0
+        assert models.Notification.select().count() == 0
 
 
 def test_body_that_is_not_json_is_a_4xx(client):
@@ -203,7 +203,7 @@ def test_default_page_size_is_50(client, app):
         common = {"channel": "push", "content": "x", "timezone": "UTC", "appropriate_delivery": True}
         times = {"scheduled_time": now, "due_at": now, "created_at": now, "updated_at": now}
         rows = [{**common, **times, "recipient_id": f"r{i}", "api_host": "t"} for i in range(60)]
-        store.Notification.insert_many(rows).execute()
+        models.Notification.insert_many(rows).execute()
     page = client.get("/notifications").json
     assert page["count"] == 60
     assert len(page["notifications"]) == 50
@@ -295,7 +295,7 @@ def test_batch_is_all_or_nothing_and_names_the_bad_item_and_field(app, client):
     assert response.status_code == 422
     assert "recipient_id" in response.json["errors"]["json"]["notifications"]["1"]
     with app.app_context():
-        assert store.Notification.select().count() == 0
+        assert models.Notification.select().count() == 0
 
 
 @pytest.mark.parametrize(
@@ -412,7 +412,7 @@ def test_a_bad_push_item_in_a_batch_gets_the_single_requests_errors(app, client,
     assert single.status_code == batch.status_code == 422
     assert batch.json["errors"]["json"] == {"notifications": {"1": single.json["errors"]["json"]}}
     with app.app_context():
-        assert store.Notification.select().count() == 0
+        assert models.Notification.select().count() == 0
 
 
 def test_batch_over_1000_is_rejected(client):

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 import pytest
 from werkzeug.serving import make_server
 
-from storage import notifications as store
+from storage import models, queries
 from tests import test_dashboard
 from tests.conftest import unavailable
 
@@ -49,7 +49,7 @@ def other_hosts(base: str, urls: list[str]) -> set[str]:
 
 def status_of(app, notification_id: str) -> str:
     with app.app_context():
-        return store.get(notification_id).status
+        return queries.get(notification_id).status
 
 
 def test_dashboard_shows_real_data_and_retry_and_cancel_work(browser, app, base, seeded):
@@ -66,12 +66,12 @@ def test_dashboard_shows_real_data_and_retry_and_cancel_work(browser, app, base,
     assert "SMTP 550 no such user" in browser.evaluate("document.querySelector('#notifications').innerText")
     browser.click_and_wait(f"tr[data-id='{seeded['failed']}'] button.retry")
     assert "will be retried now" in browser.evaluate("document.querySelector('.notice').innerText")
-    assert status_of(app, seeded["failed"]) == store.PENDING
+    assert status_of(app, seeded["failed"]) == models.PENDING
 
     browser.navigate(f"{base}/dashboard/queues/push")
     browser.click_and_wait(f"tr[data-id='{seeded['scheduled']}'] button.cancel")  # accepts the confirm()
     assert "cancelled" in browser.evaluate("document.querySelector('.notice').innerText")
-    assert status_of(app, seeded["scheduled"]) == store.CANCELLED
+    assert status_of(app, seeded["scheduled"]) == models.CANCELLED
     assert browser.evaluate("document.querySelectorAll('#notifications tr[data-id]').length") == 0
 
     assert other_hosts(base, browser.requested) == set()

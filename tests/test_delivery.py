@@ -9,8 +9,7 @@ import pika
 import pytest
 
 import storage
-from storage import events
-from storage import notifications as store
+from storage import models, queries
 from tests.processes import Service, wait_until
 from tests.receivers import SmtpReceiver
 
@@ -53,7 +52,7 @@ def soon(seconds: float) -> str:
 def history(database_url: str, notification_id: str) -> list[str]:
     storage.configure(database_url)
     with storage.db.connection_context():
-        return [e.kind for e in events.history(notification_id)]
+        return [e.kind for e in queries.history(notification_id)]
 
 
 def test_push_and_email_are_delivered_end_to_end(service, push_endpoint, smtp_server):
@@ -107,7 +106,7 @@ def test_a_failure_in_a_message_retries_only_its_own_notification(service, push_
         kinds = history(fresh_postgres_url, nid)
         assert kinds.count("delivered") == 1 and "skipped" not in kinds, kinds
     with storage.db.connection_context():
-        first_claims = {next(e.at for e in events.history(nid) if e.kind == "attempt") for nid in ids}
+        first_claims = {next(e.at for e in queries.history(nid) if e.kind == "attempt") for nid in ids}
     assert len(first_claims) == 1, "one message claimed all five at once"
 
 
@@ -242,8 +241,8 @@ def test_far_future_notifications_put_nothing_in_the_broker(
     storage.configure(fresh_postgres_url)
     with storage.db.connection_context():
         assert (
-            store.Notification.select()
-            .where(store.Notification.id.in_(far), store.Notification.dispatch_seq > 0)
+            models.Notification.select()
+            .where(models.Notification.id.in_(far), models.Notification.message_seq > 0)
             .count()
             == 0
         )

@@ -7,7 +7,7 @@ import threading
 import peewee
 
 import storage
-from storage import notifications as store
+from storage import models
 from storage.group_commit import GroupCommit
 from tests.factories import make
 from tests.processes import wait_until
@@ -99,7 +99,7 @@ def test_an_outage_fails_the_whole_group():
 
 def test_concurrent_creates_are_all_stored_once(db):
     threads = 16
-    made: list[store.Notification] = []
+    made: list[models.Notification] = []
     barrier = threading.Barrier(threads)
 
     def create(i: int) -> None:
@@ -113,7 +113,7 @@ def test_concurrent_creates_are_all_stored_once(db):
     for worker in workers:
         worker.join(30)
 
-    stored = {str(n.id): n.recipient_id for n in store.Notification.select()}
+    stored = {str(n.id): n.recipient_id for n in models.Notification.select()}
     assert stored == {str(n.id): n.recipient_id for n in made}
     assert sorted(stored.values()) == sorted(f"r{i}" for i in range(threads))
 
@@ -122,4 +122,4 @@ def test_a_create_inside_a_transaction_is_the_transaction_s(db):
     with storage.db.atomic() as transaction:
         made = make()
         transaction.rollback()
-    assert not store.Notification.select().where(store.Notification.id == made.id).exists()
+    assert not models.Notification.select().where(models.Notification.id == made.id).exists()

@@ -10,8 +10,7 @@ import pytest
 
 from api import auth, create_app
 from api import idempotency as idempotent_api
-from storage import idempotency
-from storage import notifications as store
+from storage import idempotency, models
 from storage.clock import utcnow
 
 KEYS = ("key-one-0123456789", "key-two-0123456789")
@@ -46,7 +45,7 @@ def post(client, path, body=None, key="retry-1", api_key=KEYS[0]):
 
 def count(app):
     with app.app_context():
-        return store.Notification.select().count()
+        return models.Notification.select().count()
 
 
 def test_a_retry_gets_the_original_response_and_creates_nothing(app, client):

@@ -12,7 +12,7 @@ from aiosmtpd.controller import Controller
 
 from actors.providers import Envelope
 from actors.providers.smtp import SmtpProvider
-from storage import notifications as store
+from storage import models, queries
 
 PUSH = {"recipient_id": "user123", "content": "hello"}
 
@@ -55,7 +55,7 @@ def test_data_too_deep_or_too_large_is_a_422_naming_data(app, client, data):
     assert response.status_code == 422
     assert "data" in response.json["errors"]["json"]
     with app.app_context():
-        assert store.Notification.select().count() == 0
+        assert models.Notification.select().count() == 0
 
 
 @pytest.mark.parametrize(
@@ -80,7 +80,7 @@ def test_bad_text_and_recipients_are_a_422_naming_the_field(app, client, channel
     assert response.status_code == 422
     assert field in response.json["errors"]["json"]
     with app.app_context():
-        assert store.Notification.select().count() == 0
+        assert models.Notification.select().count() == 0
 
 
 def test_a_nul_in_a_list_filter_is_a_422(client):
@@ -126,7 +126,7 @@ def test_a_subject_cannot_add_headers_to_the_smtp_conversation(app, client, smtp
     )
     assert response.status_code == 202
     with app.app_context():
-        stored = store.get(response.json["notification_id"])
+        stored = queries.get(response.json["notification_id"])
     assert stored.subject == "Invoice Bcc: victim@example.org forged body"
     provider = SmtpProvider(url, "notifications@localhost", timeout=5)
     provider.deliver(Envelope(str(stored.id), "email", stored.recipient_id, stored.content, stored.subject))

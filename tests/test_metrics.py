@@ -13,24 +13,23 @@ import urllib.request
 
 import pytest
 
-from storage import metrics
-from storage import notifications as store
+from storage import metrics, models
 from storage.clock import utcnow
 from tests.factories import make
 
 
 def settle(notification, **changes):
-    store.Notification.update(**changes).where(store.Notification.id == notification.id).execute()
+    models.Notification.update(**changes).where(models.Notification.id == notification.id).execute()
 
 
 def test_activity_counts_by_worker_host_else_api_host_channel_and_status(db):
     make()
     make("email")
-    settle(make(), status=store.DELIVERED, worker_host="worker-1")
-    settle(make(), status=store.FAILED, worker_host="worker-1")
-    settle(make("email"), status=store.PROCESSING, worker_host="worker-2")
+    settle(make(), status=models.DELIVERED, worker_host="worker-1")
+    settle(make(), status=models.FAILED, worker_host="worker-1")
+    settle(make("email"), status=models.PROCESSING, worker_host="worker-2")
     settle(
-        make(), status=store.DELIVERED, worker_host="worker-1", updated_at=utcnow() - dt.timedelta(hours=2)
+        make(), status=models.DELIVERED, worker_host="worker-1", updated_at=utcnow() - dt.timedelta(hours=2)
     )
 
     counts = metrics.activity(utcnow() - dt.timedelta(hours=1))
@@ -51,15 +50,15 @@ def test_schedule_outlook_and_timeline_are_grouped_by_the_database(db):
     now = utcnow()
     for hours in (-1, 0.5, 5, 48):
         settle(make(), due_at=now + dt.timedelta(hours=hours))
-    settle(make("email"), status=store.CANCELLED)
+    settle(make("email"), status=models.CANCELLED)
 
     assert metrics.schedule_outlook(now)["push"] == {"now": 1, "hour": 1, "day": 1, "later": 1}
-    assert metrics.counts_by_status([store.PENDING, store.CANCELLED]) == {
-        ("push", store.PENDING): 4,
-        ("email", store.CANCELLED): 1,
+    assert metrics.counts_by_status([models.PENDING, models.CANCELLED]) == {
+        ("push", models.PENDING): 4,
+        ("email", models.CANCELLED): 1,
     }
     hour = now.replace(minute=0, second=0, microsecond=0)
-    assert (hour, "push", store.PENDING, 4) in metrics.timeline(hour)
+    assert (hour, "push", models.PENDING, 4) in metrics.timeline(hour)
 
 
 def test_metrics_endpoint_has_the_documented_shape(client):

@@ -10,22 +10,21 @@ import threading
 import pytest
 
 import storage
-from storage import dispatching, events
-from storage import notifications as store
+from storage import events, ingest, models, queries, schedule, transitions
 from storage.clock import utcnow
 from tests.factories import make
 
 
 def take(horizon=60.0, lease=600.0, limit=100, channels=None):
     with storage.db.atomic():
-        return dispatching.take_due(horizon=horizon, lease=lease, limit=limit, channels=channels)
+        return schedule.take_due(horizon=horizon, lease=lease, limit=limit, channels=channels)
 
 
 def test_create_records_a_created_event(db):
     n = make()
-    (created,) = events.history(n.id)
+    (created,) = queries.history(n.id)
     assert (created.kind, created.at, created.host) == ("created", n.created_at, "api-1")
-    assert store.get(n.id).status == store.PENDING
+    assert queries.get(n.id).status == models.PENDING
 
 
 def test_create_stores_what_it_was_given_and_returns_the_id(db):
@@ -35,13 +34,13 @@ def test_create_stores_what_it_was_given_and_returns_the_id(db):
         "timezone": "Europe/Warsaw", "scheduled_time": now, "appropriate_delivery": False,
         "due_at": now + dt.timedelta(hours=3),
     }  # fmt: skip
-    nid = store.create(host="api-9", **given)
-    row = store.get(nid)
+    nid = ingest.create(host="api-9", **given)
+    row = queries.get(nid)
     assert {name: getattr(row, name) for name in given} == given
-    assert (str(row.id), row.api_host, row.status, row.attempt_count, row.dispatch_seq) == (
+    assert (str(row.id), row.api_host, row.status, row.attempt_count, row.message_seq) == (
         nid,
         "api-9",
-        store.PENDING,
+        models.PENDING,
         0,
         0,
     )
@@ -49,11 +48,11 @@ def test_create_stores_what_it_was_given_and_returns_the_id(db):
 
 def test_created_is_read_from_the_row_not_stored_twice(db):
     n = make()
-    assert events.NotificationEvent.select().count() == 0  # accepting writes the row alone
+    assert models.NotificationEvent.select().count() == 0  # accepting writes the row alone
     # A "created" event stored by an earlier version says the same as the row: shown once.
     events.record(n.id, "created", "api-1", at=n.created_at)
-    assert [e.kind for e in events.history(n.id)] == ["created"]
-    assert events.history("00000000-0000-0000-0000-000000000000") == []
+    assert [e.kind for e in queries.history(n.id)] == ["created"]
+    assert queries.history("00000000-0000-0000-0000-000000000000") == []
 
 
 def test_a_batch_is_created_without_event_rows(db):
@@ -62,9 +61,9 @@ def test_a_batch_is_created_without_event_rows(db):
         "channel": "push", "recipient_id": "r1", "content": "hello", "timezone": "UTC",
         "scheduled_time": now, "appropriate_delivery": True, "due_at": now,
     }  # fmt: skip
-    ids = store.create_many([row, row], host="api-2")
-    assert events.NotificationEvent.select().count() == 0
-    assert [[(e.kind, e.host) for e in events.history(i)] for i in ids] == [[("created", "api-2")]] * 2
+    ids = ingest.create_many([row, row], host="api-2")
+    assert models.NotificationEvent.select().count() == 0
+    assert [[(e.kind, e.host) for e in queries.history(i)] for i in ids] == [[("created", "api-2")]] * 2
 
 
 def test_a_batch_stores_every_character_as_sent(db):
@@ -77,12 +76,12 @@ def test_a_batch_stores_every_character_as_sent(db):
         "due_at": now + dt.timedelta(hours=1),
     }  # fmt: skip
     email = {**row, "channel": "email", "title": None, "data": None, "subject": "Invoice"}
-    pushed, mailed = (store.get(i) for i in store.create_many([row, email], host="api-2"))
+    pushed, mailed = (queries.get(i) for i in ingest.create_many([row, email], host="api-2"))
     for stored, sent in ((pushed, row), (mailed, email)):
         assert {name: getattr(stored, name) for name in sent} == sent
     assert (mailed.title, mailed.data, pushed.subject) == (None, None, None)
-    assert (pushed.status, pushed.attempt_count, pushed.forced, pushed.dispatch_seq) == (
-        store.PENDING,
+    assert (pushed.status, pushed.attempt_count, pushed.forced, pushed.message_seq) == (
+        models.PENDING,
         0,
         False,
         0,
@@ -99,7 +98,7 @@ def test_take_due_takes_only_rows_within_the_horizon(db):
     taken = take(horizon=60)
     assert [d.notification_id for d in taken] == [str(soon.id)]
     assert taken[0].seq == 1
-    assert store.get(later.id).dispatch_seq == 0
+    assert queries.get(later.id).message_seq == 0
 
 
 def test_take_due_does_not_take_a_row_twice_while_its_message_is_queued(db):
@@ -111,11 +110,11 @@ def test_take_due_does_not_take_a_row_twice_while_its_message_is_queued(db):
 def test_expired_dispatch_is_taken_again_with_a_new_seq(db):
     n = make()
     first = take(lease=0.0, horizon=1)
-    store.Notification.update(lease_until=utcnow() - dt.timedelta(seconds=1)).execute()
+    models.Notification.update(lease_until=utcnow() - dt.timedelta(seconds=1)).execute()
     second = take()
     assert [d.seq for d in first + second] == [1, 2]
-    assert store.claim({n.id: 1}, host="w", lease=60) == [], "the older message is stale"
-    assert store.claim({n.id: 2}, host="w", lease=60) != []
+    assert transitions.claim({n.id: 1}, host="w", lease=60) == [], "the older message is stale"
+    assert transitions.claim({n.id: 2}, host="w", lease=60) != []
 
 
 def test_take_due_filters_by_channel(db):
@@ -127,11 +126,13 @@ def test_take_due_filters_by_channel(db):
 def test_claim_moves_to_processing_and_counts_the_attempt(db):
     n = make()
     (d,) = take()
-    (claimed,) = store.claim({n.id: d.seq}, host="worker-1", lease=60)
-    assert store.get(n.id).status == store.PROCESSING
+    (claimed,) = transitions.claim({n.id: d.seq}, host="worker-1", lease=60)
+    assert queries.get(n.id).status == models.PROCESSING
     assert (claimed.id, claimed.attempt_count, claimed.worker_host) == (str(n.id), 1, "worker-1")
     assert (claimed.recipient_id, claimed.content, claimed.due_at) == (n.recipient_id, n.content, n.due_at)
-    assert store.claim({n.id: d.seq}, host="worker-2", lease=60) == [], "a duplicate message does nothing"
+    assert transitions.claim({n.id: d.seq}, host="worker-2", lease=60) == [], (
+        "a duplicate message does nothing"
+    )
 
 
 def test_only_one_of_many_racing_claims_wins(db):
@@ -142,7 +143,7 @@ def test_only_one_of_many_racing_claims_wins(db):
     def race():
         with storage.db.connection_context():
             barrier.wait()
-            if store.claim({n.id: d.seq}, host=threading.current_thread().name, lease=60):
+            if transitions.claim({n.id: d.seq}, host=threading.current_thread().name, lease=60):
                 winners.append(1)
 
     threads = [threading.Thread(target=race) for _ in range(8)]
@@ -151,7 +152,7 @@ def test_only_one_of_many_racing_claims_wins(db):
     for t in threads:
         t.join()
     assert len(winners) == 1
-    assert store.get(n.id).attempt_count == 1
+    assert queries.get(n.id).attempt_count == 1
 
 
 @pytest.mark.parametrize("rounds", [20])
@@ -164,15 +165,15 @@ def test_cancel_racing_claim_has_exactly_one_winner(db, rounds):
         def claim(nid=n.id, seq=d.seq, barrier=barrier, outcome=outcome):
             with storage.db.connection_context():
                 barrier.wait()
-                outcome["claimed"] = store.claim({nid: seq}, host="w", lease=60) != []
+                outcome["claimed"] = transitions.claim({nid: seq}, host="w", lease=60) != []
 
         def cancel(nid=n.id, barrier=barrier, outcome=outcome):
             with storage.db.connection_context():
                 barrier.wait()
                 try:
-                    store.cancel(nid, host="api")
+                    transitions.cancel(nid, host="api")
                     outcome["cancelled"] = True
-                except store.TransitionConflict:
+                except transitions.TransitionConflict:
                     outcome["cancelled"] = False
 
         threads = [threading.Thread(target=claim), threading.Thread(target=cancel)]
@@ -181,38 +182,40 @@ def test_cancel_racing_claim_has_exactly_one_winner(db, rounds):
         for t in threads:
             t.join()
         assert outcome["claimed"] != outcome["cancelled"]
-        assert store.get(n.id).status == (store.PROCESSING if outcome["claimed"] else store.CANCELLED)
+        assert queries.get(n.id).status == (models.PROCESSING if outcome["claimed"] else models.CANCELLED)
 
 
 def test_delivered_only_by_the_claiming_message(db):
     n = make()
     (d,) = take()
-    store.claim({n.id: d.seq}, host="w", lease=60)
-    assert store.mark_delivered({n.id: d.seq + 1}, host="w") == set()
-    assert store.mark_delivered({n.id: d.seq}, host="w") == {str(n.id)}
-    row = store.get(n.id)
-    assert row.status == store.DELIVERED
+    transitions.claim({n.id: d.seq}, host="w", lease=60)
+    assert transitions.mark_delivered({n.id: d.seq + 1}, host="w") == set()
+    assert transitions.mark_delivered({n.id: d.seq}, host="w") == {str(n.id)}
+    row = queries.get(n.id)
+    assert row.status == models.DELIVERED
     assert row.delivered_at is not None
-    assert [e.kind for e in events.history(n.id)] == ["created", "attempt", "delivered"]
+    assert [e.kind for e in queries.history(n.id)] == ["created", "attempt", "delivered"]
 
 
 def test_stalled_processing_row_is_taken_back_after_its_lease(db):
     n = make()
     (d,) = take()
-    store.claim({n.id: d.seq}, host="dead-worker", lease=0.0)
+    transitions.claim({n.id: d.seq}, host="dead-worker", lease=0.0)
     (again,) = take()
     assert again.seq == d.seq + 1
-    assert store.get(n.id).status == store.PENDING
-    assert not store.mark_delivered({n.id: d.seq}, host="dead-worker"), "the dead worker's claim is void"
+    assert queries.get(n.id).status == models.PENDING
+    assert not transitions.mark_delivered({n.id: d.seq}, host="dead-worker"), (
+        "the dead worker's claim is void"
+    )
 
 
 def test_release_for_retry_keeps_the_row_for_the_same_message(db):
     n = make()
     (d,) = take()
-    store.claim({n.id: d.seq}, host="w", lease=60)
-    store.release_for_retry(n.id, d.seq, host="w", error="503 from endpoint", lease=300)
+    transitions.claim({n.id: d.seq}, host="w", lease=60)
+    transitions.release_for_retry(n.id, d.seq, host="w", error="503 from endpoint", lease=300)
     assert take() == [], "the retry message owns the row"
-    (retried,) = store.claim({n.id: d.seq}, host="w", lease=60)
+    (retried,) = transitions.claim({n.id: d.seq}, host="w", lease=60)
     assert retried.attempt_count == 2
     assert retried.last_error == "503 from endpoint"
 
@@ -220,43 +223,43 @@ def test_release_for_retry_keeps_the_row_for_the_same_message(db):
 def test_failed_keeps_the_reason(db):
     n = make()
     (d,) = take()
-    store.claim({n.id: d.seq}, host="w", lease=60)
-    store.mark_failed(n.id, d.seq, host="w", error="550 no such user")
-    row = store.get(n.id)
-    assert (row.status, row.last_error) == (store.FAILED, "550 no such user")
+    transitions.claim({n.id: d.seq}, host="w", lease=60)
+    transitions.mark_failed(n.id, d.seq, host="w", error="550 no such user")
+    row = queries.get(n.id)
+    assert (row.status, row.last_error) == (models.FAILED, "550 no such user")
 
 
 def test_force_a_failed_one_makes_it_due_now_with_a_fresh_budget(db):
     n = make(due_in=3600)
-    store.Notification.update(status=store.FAILED, attempt_count=6).execute()
-    forced = store.force(n.id, host="api", lease=600)
-    assert forced.status == store.PENDING
+    models.Notification.update(status=models.FAILED, attempt_count=6).execute()
+    forced = transitions.force(n.id, host="api", lease=600)
+    assert forced.status == models.PENDING
     assert forced.forced is True
     assert forced.attempts_at_force == 6
-    assert forced.dispatch_seq == 1
+    assert forced.message_seq == 1
     assert forced.due_at <= utcnow()
 
 
 def test_force_and_cancel_refuse_finished_rows(db):
     n = make()
-    store.Notification.update(status=store.DELIVERED).execute()
-    with pytest.raises(store.TransitionConflict, match="Delivered"):
-        store.force(n.id, host="api", lease=600)
-    with pytest.raises(store.TransitionConflict, match="Delivered"):
-        store.cancel(n.id, host="api")
+    models.Notification.update(status=models.DELIVERED).execute()
+    with pytest.raises(transitions.TransitionConflict, match="Delivered"):
+        transitions.force(n.id, host="api", lease=600)
+    with pytest.raises(transitions.TransitionConflict, match="Delivered"):
+        transitions.cancel(n.id, host="api")
 
 
 def test_unknown_id_is_not_found(db):
-    with pytest.raises(store.NotificationNotFound):
-        store.cancel("00000000-0000-0000-0000-000000000000", host="api")
+    with pytest.raises(queries.NotificationNotFound):
+        transitions.cancel("00000000-0000-0000-0000-000000000000", host="api")
 
 
 def test_listing_filters_and_orders_newest_first(db):
     a = make(recipient_id="a")
     b = make(recipient_id="b", channel="email")
-    assert [n.id for n in store.listing()] == [b.id, a.id]
-    assert [n.id for n in store.listing(channel="push")] == [a.id]
-    assert [n.id for n in store.listing(recipient_id="b", status=store.PENDING)] == [b.id]
+    assert [n.id for n in queries.listing()] == [b.id, a.id]
+    assert [n.id for n in queries.listing(channel="push")] == [a.id]
+    assert [n.id for n in queries.listing(recipient_id="b", status=models.PENDING)] == [b.id]
 
 
 def test_schema_setup_is_idempotent_and_safe_for_concurrent_starts(database_url):
@@ -271,19 +274,44 @@ def test_schema_setup_is_idempotent_and_safe_for_concurrent_starts(database_url)
             assert [v.version for v in SchemaVersion.select()] == list(range(1, len(MIGRATIONS) + 1))
 
 
+def test_a_version_5_database_keeps_its_message_numbers_and_passes_in_flight(database_url):
+    database = storage.configure(database_url)
+    n = make()
+    with database.connection_context():
+        # The database as version 5 left it: the old names, and a pass in flight.
+        database.execute_sql("ALTER TABLE notification RENAME COLUMN message_seq TO dispatch_seq")
+        database.execute_sql("UPDATE notification SET dispatch_seq = 3")
+        database.execute_sql("DROP TABLE scheduler_pass")
+        database.execute_sql(
+            "CREATE TABLE dispatch_pass"
+            " (id BIGINT PRIMARY KEY, dispatches TEXT NOT NULL, lease_until TIMESTAMP)"
+        )
+        database.execute_sql(
+            "INSERT INTO dispatch_pass VALUES (7, %s, %s)".replace("%s", database.param),
+            (f'{{"{n.id}": 3}}', utcnow()),
+        )
+        database.execute_sql("DELETE FROM schema_version WHERE version > 5")
+    storage.configure(database_url)
+    assert queries.get(n.id).message_seq == 3
+    (in_flight,) = models.SchedulerPass.select()
+    assert (in_flight.id, in_flight.seqs) == (7, {str(n.id): 3})
+    assert not storage.db.table_exists("dispatch_pass")
+    models.SchedulerPass.delete().execute()
+
+
 def test_unpublished_dispatches_are_released_to_the_next_pass(db):
     make()
     make()
     first, second = taken = take()
     with storage.db.atomic():
-        pass_id = dispatching.begin_pass(taken, lease=10)
+        pass_id = schedule.begin_pass(taken, lease=10)
     with storage.db.atomic():
-        dispatching.finish_pass(pass_id, published=[first], unpublished=[second], host="scheduler")
+        schedule.finish_pass(pass_id, published=[first], unpublished=[second], host="scheduler")
     (again,) = take()
     assert again.notification_id == second.notification_id
     assert again.seq == second.seq + 1
-    assert [e.kind for e in events.history(first.notification_id)] == ["created", "queued"]
-    assert dispatching.DispatchPass.select().count() == 0
+    assert [e.kind for e in queries.history(first.notification_id)] == ["created", "queued"]
+    assert models.SchedulerPass.select().count() == 0
 
 
 def test_a_batch_left_by_a_dead_scheduler_is_taken_after_its_short_lease(db):
@@ -291,55 +319,57 @@ def test_a_batch_left_by_a_dead_scheduler_is_taken_after_its_short_lease(db):
     make()
     with storage.db.atomic():
         lost, kept = take()
-        dispatching.begin_pass([lost, kept], lease=0.0)  # taken, then the scheduler died publishing
-        store.cancel(kept.notification_id, host="api")
+        schedule.begin_pass([lost, kept], lease=0.0)  # taken, then the scheduler died publishing
+        transitions.cancel(kept.notification_id, host="api")
     assert take() == [], "its message's lease has not run out"
 
     with storage.db.atomic():
-        assert dispatching.undo_abandoned_passes() == 1, "only the row still as the pass left it"
+        assert schedule.undo_abandoned_passes() == 1, "only the row still as the pass left it"
     (again,) = take()
     assert (again.notification_id, again.seq) == (lost.notification_id, lost.seq + 1)
-    assert dispatching.DispatchPass.select().count() == 0
+    assert models.SchedulerPass.select().count() == 0
 
 
 def test_a_pass_still_publishing_is_not_undone(db):
     make()
     with storage.db.atomic():
         taken = take()
-        dispatching.begin_pass(taken, lease=60)
+        schedule.begin_pass(taken, lease=60)
     with storage.db.atomic():
-        assert dispatching.undo_abandoned_passes() == 0
+        assert schedule.undo_abandoned_passes() == 0
     assert take() == []
 
 
 def test_one_claim_takes_the_current_rows_of_a_message_and_no_others(db):
     current, cancelled, forced, other = make(), make(), make(), make(due_in=3600)
     dispatched = {d.notification_id: d.seq for d in take()}
-    store.cancel(cancelled.id, host="api")
-    store.force(forced.id, host="api", lease=60)
+    transitions.cancel(cancelled.id, host="api")
+    transitions.force(forced.id, host="api", lease=60)
     message = {**dispatched, str(other.id): 1}
 
-    claimed = store.claim(message, host="w", lease=60)
+    claimed = transitions.claim(message, host="w", lease=60)
 
     assert [str(n.id) for n in claimed] == [str(current.id)]
-    assert sorted(store.stale({k: v for k, v in message.items() if k != str(current.id)})) == sorted(
+    assert sorted(transitions.stale({k: v for k, v in message.items() if k != str(current.id)})) == sorted(
         [str(cancelled.id), str(forced.id), str(other.id)]
     )
-    assert store.mark_delivered(message, host="w") == {str(current.id)}
-    assert str(current.id) not in store.stale(message), "a row this message delivered is not stale for it"
+    assert transitions.mark_delivered(message, host="w") == {str(current.id)}
+    assert str(current.id) not in transitions.stale(message), (
+        "a row this message delivered is not stale for it"
+    )
 
 
 def test_deferred_row_goes_back_uncounted_for_the_same_message(db):
     n = make()
     (d,) = take()
-    store.claim({n.id: d.seq}, host="w", lease=60)
-    assert store.defer(n.id, d.seq, host="w", reason="not attempted", lease=300)
-    row = store.get(n.id)
-    assert (row.status, row.attempt_count) == (store.PENDING, 0)
+    transitions.claim({n.id: d.seq}, host="w", lease=60)
+    assert transitions.defer(n.id, d.seq, host="w", reason="not attempted", lease=300)
+    row = queries.get(n.id)
+    assert (row.status, row.attempt_count) == (models.PENDING, 0)
     assert take() == [], "the retry message owns the row"
-    (again,) = store.claim({n.id: d.seq}, host="w", lease=60)
+    (again,) = transitions.claim({n.id: d.seq}, host="w", lease=60)
     assert again.attempt_count == 1
-    assert [e.kind for e in events.history(n.id)][-2:] == ["deferred", "attempt"]
+    assert [e.kind for e in queries.history(n.id)][-2:] == ["deferred", "attempt"]
 
 
 def all_at_once(*work) -> list[Exception]:
@@ -370,7 +400,7 @@ def releasing(taken, times=1):
     def release():
         for _ in range(times):
             with storage.db.atomic():
-                dispatching.release({d.notification_id: d.seq for d in reversed(taken)})
+                schedule.release({d.notification_id: d.seq for d in reversed(taken)})
 
     return release
 
@@ -383,7 +413,7 @@ def test_overlapping_claims_and_releases_neither_deadlock_nor_claim_twice(db):
     claims: list[str] = []
 
     def claiming(dispatches):
-        return lambda: claims.extend(str(n.id) for n in store.claim(dispatches, host="w", lease=60))
+        return lambda: claims.extend(str(n.id) for n in transitions.claim(dispatches, host="w", lease=60))
 
     orders = (forwards, backwards, forwards, backwards)
     assert all_at_once(*(claiming(d) for d in orders), releasing(taken)) == []
@@ -393,7 +423,7 @@ def test_overlapping_claims_and_releases_neither_deadlock_nor_claim_twice(db):
 def test_rows_whose_lease_lapsed_are_taken_before_fresh_ones(db):
     old = make(due_in=-10)
     take()
-    store.Notification.update(lease_until=utcnow() - dt.timedelta(seconds=1)).execute()
+    models.Notification.update(lease_until=utcnow() - dt.timedelta(seconds=1)).execute()
     make(due_in=-20)  # due earlier, but never dispatched: it waits for the next pass
     assert [d.notification_id for d in take(limit=1)] == [str(old.id)]
 
@@ -409,13 +439,15 @@ def test_marks_of_delivery_racing_a_release_do_not_deadlock(db):
     for _ in range(200):
         make()
     taken = take(limit=500)
-    store.claim({d.notification_id: d.seq for d in taken}, host="w", lease=60)
+    transitions.claim({d.notification_id: d.seq for d in taken}, host="w", lease=60)
     delivered: list[str] = []
 
     def marking(chunk):
         def mark():
             for part in (chunk[::-1][i : i + 10] for i in range(0, len(chunk), 10)):
-                delivered.extend(store.mark_delivered({d.notification_id: d.seq for d in part}, host="w"))
+                delivered.extend(
+                    transitions.mark_delivered({d.notification_id: d.seq for d in part}, host="w")
+                )
 
         return mark
 

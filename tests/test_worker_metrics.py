@@ -21,8 +21,7 @@ from actors import broker, delivery
 from actors.heartbeat import Heartbeat
 from actors.logcontext import LogContext
 from actors.metrics import DeliveryMetrics
-from storage import dispatching, workers
-from storage import notifications as store
+from storage import models, schedule, workers
 from storage.clock import utcnow
 from tests.factories import make
 from tests.test_metrics import await_http, free_port, sample
@@ -44,7 +43,7 @@ def test_heartbeats_sum_processes_per_host_and_forget_silent_ones(db):
     assert workers.hosts() == []
 
 
-def message_for(dispatch: dispatching.Dispatch) -> dramatiq.Message:
+def message_for(dispatch: schedule.Publication) -> dramatiq.Message:
     return delivery.ACTORS[dispatch.channel].message({dispatch.notification_id: dispatch.seq})
 
 
@@ -61,10 +60,10 @@ def handle(middleware: list[dramatiq.Middleware], message: dramatiq.Message) -> 
 
 def test_delivery_metrics_count_a_notification_once_with_its_lateness(db):
     n = make()
-    store.Notification.update(due_at=utcnow() - dt.timedelta(seconds=30)).where(
-        store.Notification.id == n.id
+    models.Notification.update(due_at=utcnow() - dt.timedelta(seconds=30)).where(
+        models.Notification.id == n.id
     ).execute()
-    (dispatch,) = dispatching.take_due(horizon=60, lease=600, limit=10)
+    (dispatch,) = schedule.take_due(horizon=60, lease=600, limit=10)
     metrics, heartbeat = DeliveryMetrics(), Heartbeat()
     message = message_for(dispatch)
 

@@ -8,8 +8,7 @@ import threading
 import pytest
 
 import storage
-from storage import dispatching
-from storage import notifications as store
+from storage import models, queries, schedule
 from tests.factories import make
 from tests.processes import Service, TcpRelay, via, wait_until
 from tests.test_storage import take
@@ -67,7 +66,7 @@ def test_sigterm_finishes_the_delivery_in_flight(tmp_path, fresh_postgres_url, r
 def test_concurrent_schedulers_dispatch_each_row_once(db):
     for _ in range(200):
         make()
-    taken: list[dispatching.Dispatch] = []
+    taken: list[schedule.Publication] = []
     barrier = threading.Barrier(4)
 
     def scheduler():
@@ -82,7 +81,7 @@ def test_concurrent_schedulers_dispatch_each_row_once(db):
     for t in threads:
         t.join()
     assert len(taken) == 200
-    assert {d.notification_id for d in taken} == {str(n.id) for n in store.Notification.select()}
+    assert {d.notification_id for d in taken} == {str(n.id) for n in models.Notification.select()}
     assert {d.seq for d in taken} == {1}
 
 
@@ -97,14 +96,14 @@ def test_scheduler_outlives_a_connection_the_driver_already_closed(postgres_url)
     try:
         with storage.db.connection_context():
             first = make()
-            wait_until(lambda: store.get(first.id).dispatch_seq == 1, timeout=10)
+            wait_until(lambda: queries.get(first.id).message_seq == 1, timeout=10)
         # The scheduler's connection, as psycopg2 leaves it after the server dropped it mid-statement.
         for held in list(storage.db.obj._in_use.values()):
             held.connection.close()
 
         with storage.db.connection_context():
             second = make()
-            wait_until(lambda: store.get(second.id).dispatch_seq == 1, timeout=15)
+            wait_until(lambda: queries.get(second.id).message_seq == 1, timeout=15)
         assert scheduler._thread is not None and scheduler._thread.is_alive()
     finally:
         scheduler.stop()

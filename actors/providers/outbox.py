@@ -9,7 +9,7 @@ import os
 import threading
 from datetime import UTC, datetime
 
-from actors.providers import Envelope, TransientDeliveryError
+from actors.providers.base import Envelope, TransientDeliveryError
 from actors.providers.smtp import build_message
 from actors.providers.webhook import push_payload
 

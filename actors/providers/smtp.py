@@ -11,7 +11,7 @@ from email.message import EmailMessage
 from email.utils import formatdate, getaddresses, parseaddr
 from urllib.parse import quote, unquote, urlsplit
 
-from actors.providers import Envelope, PermanentDeliveryError, TransientDeliveryError
+from actors.providers.base import Envelope, PermanentDeliveryError, TransientDeliveryError
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,8 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from actors.providers import Envelope, PermanentDeliveryError, TransientDeliveryError, http1
+from actors.providers import http1
+from actors.providers.base import Envelope, PermanentDeliveryError, TransientDeliveryError
 
 logger = logging.getLogger(__name__)
 

@@ -10,9 +10,10 @@ from flask import redirect, request, url_for
 
 import logs
 import settings
-from actors import broker, dispatch, queues
+from actors import broker, queues, scheduler
 from api.dashboard import blp
-from storage import notifications as store
+from storage import queries, transitions
+from storage.models import Notification
 
 logger = logging.getLogger(__name__)
 
@@ -27,12 +28,12 @@ def _back(notice: str, fallback: str):
     return redirect(f"{target}{separator}{urlencode({'notice': notice})}", code=303)
 
 
-def _transition(action, notification_id, **kwargs) -> tuple[store.Notification | None, str]:
+def _transition(action, notification_id, **kwargs) -> tuple[Notification | None, str]:
     try:
         return action(notification_id, **kwargs), ""
-    except store.NotificationNotFound:
+    except queries.NotificationNotFound:
         return None, f"Notification {notification_id} not found."
-    except store.TransitionConflict as exc:
+    except transitions.TransitionConflict as exc:
         return None, str(exc)
 
 
@@ -40,11 +41,11 @@ def _transition(action, notification_id, **kwargs) -> tuple[store.Notification |
 def retry(notification_id):
     fallback = url_for("dashboard.notification", notification_id=notification_id)
     notification, problem = _transition(
-        store.force, notification_id, host=settings.HOSTNAME, lease=settings.DISPATCH_LEASE
+        transitions.force, notification_id, host=settings.HOSTNAME, lease=settings.DISPATCH_LEASE
     )
     if notification is None:
         return _back(problem, fallback)
-    dispatch.send_now(notification)
+    scheduler.publish_now(notification)
     with logs.context(str(notification_id), notification.channel):
         logger.info("Retry requested from the dashboard")
     return _back(f"Notification {notification_id} will be retried now.", fallback)
@@ -53,7 +54,7 @@ def retry(notification_id):
 @blp.post("/notifications/<uuid:notification_id>/cancel")
 def cancel(notification_id):
     fallback = url_for("dashboard.notification", notification_id=notification_id)
-    notification, problem = _transition(store.cancel, notification_id, host=settings.HOSTNAME)
+    notification, problem = _transition(transitions.cancel, notification_id, host=settings.HOSTNAME)
     if notification is None:
         return _back(problem, fallback)
     with logs.context(str(notification_id), notification.channel):

@@ -14,23 +14,23 @@ import actors
 import settings
 from actors import queues
 from api.dashboard import blp, charts
-from storage import browse, events, metrics, workers
-from storage import notifications as store
+from storage import metrics, queries, workers
 from storage.clock import utcnow
+from storage.models import CHANNELS, FAILED, PENDING, PROCESSING
 
 logger = logging.getLogger(__name__)
 
-TABS = {"scheduled": store.PENDING, "processing": store.PROCESSING, "failed": store.FAILED}
+TABS = {"scheduled": PENDING, "processing": PROCESSING, "failed": FAILED}
 PAGE_SIZE = 25
 TIMELINE_HOURS = 24
 
 
 def _broker_stats() -> tuple[list[queues.QueueStats], str | None]:
     try:
-        return queues.stats(actors.broker, list(store.CHANNELS)), None
+        return queues.stats(actors.broker, list(CHANNELS)), None
     except (pika.exceptions.AMQPError, OSError) as exc:
         logger.warning("Broker unavailable to the dashboard: %s", exc)
-        return [queues.QueueStats(c, None, None, None, None) for c in store.CHANNELS], str(exc) or repr(exc)
+        return [queues.QueueStats(c, None, None, None, None) for c in CHANNELS], str(exc) or repr(exc)
 
 
 def _timeline(now: dt.datetime) -> list[charts.Chart]:
@@ -39,7 +39,7 @@ def _timeline(now: dt.datetime) -> list[charts.Chart]:
     counts: dict[str, dict[tuple[dt.datetime, str], int]] = defaultdict(dict)
     for hour, channel, status, count in metrics.timeline(first):
         counts[channel][(hour, metrics.STATUS_NAMES[status])] = count
-    return [charts.stacked_hours(channel, counts[channel], hours) for channel in store.CHANNELS]
+    return [charts.stacked_hours(channel, counts[channel], hours) for channel in CHANNELS]
 
 
 @blp.context_processor
@@ -76,7 +76,7 @@ def queue(channel: str):
         except (pika.exceptions.AMQPError, OSError) as exc:
             broker_error = str(exc) or repr(exc)
     elif tab in TABS:
-        page = browse.page(channel, TABS[tab], page_number, PAGE_SIZE)
+        page = queries.page(channel, TABS[tab], page_number, PAGE_SIZE)
     else:
         abort(404)
     return render_template(
@@ -94,11 +94,11 @@ def queue(channel: str):
 @blp.get("/notifications/<uuid:notification_id>")
 def notification(notification_id):
     try:
-        found = store.get(notification_id)
-    except store.NotificationNotFound:
+        found = queries.get(notification_id)
+    except queries.NotificationNotFound:
         abort(404, description=f"Notification {notification_id} not found.")
     return render_template(
-        "dashboard/notification.html", n=found, history=list(events.history(notification_id))
+        "dashboard/notification.html", n=found, history=list(queries.history(notification_id))
     )
 
 

@@ -1,7 +1,7 @@
-"""The schedulers' side of the database: due rows taken for publishing, and the passes publishing them.
+"""The schedulers' queries: due rows taken for publishing, and the passes publishing them.
 
-A pass takes due rows with one UPDATE that gives each a new ``dispatch_seq`` and the lease of its
-message, and records itself in ``dispatch_pass`` in the same transaction; it commits, publishes,
+A pass takes due rows with one UPDATE that gives each a new ``message_seq`` and the lease of its
+message, and records itself in ``scheduler_pass`` in the same transaction; it commits, publishes,
 then deletes its record and hands back what it could not publish. A scheduler that dies between
 commit and publish leaves its record behind: once the record's short lease runs out, any scheduler
 hands those rows back (``undo_abandoned_passes``), so they wait seconds, not the message's lease.
@@ -10,43 +10,26 @@ hands those rows back (``undo_abandoned_passes``), so they wait seconds, not the
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import peewee
 
-from storage import BaseModel, db, events, is_postgres
+from storage import events
 from storage.clock import utcnow
-from storage.notifications import CHANNELS, PENDING, JSONField, Notification
-
-
-class DispatchPass(BaseModel):
-    """A pass in flight: the rows it took, as ``{notification id: dispatch_seq}``, and until when."""
-
-    id = peewee.BigAutoField()
-    dispatches = JSONField()
-    lease_until = peewee.DateTimeField()
+from storage.database import db, is_postgres
+from storage.models import CHANNELS, PENDING, Notification, SchedulerPass
 
 
 @dataclass(frozen=True)
-class Dispatch:
-    """A row handed to the broker: publish ``deliver(notification_id, seq)`` due at ``due_at``."""
+class Publication:
+    """A row taken for the broker: publish ``deliver({notification_id: seq})`` due at ``due_at``."""
 
     notification_id: str
     channel: str
     due_at: dt.datetime
     seq: int
-
-    @property
-    def message_id(self) -> str:
-        return message_id_for(self.notification_id, self.seq)
-
-
-def message_id_for(notification_id: Any, seq: int) -> str:
-    """The id of the broker message for a dispatch; derived, so it need not be stored."""
-    return str(uuid.uuid5(uuid.UUID(str(notification_id)), str(seq)))
 
 
 def take_due(
@@ -56,14 +39,14 @@ def take_due(
     limit: int,
     channels: Iterable[str] | None = None,
     lapsed: bool = True,
-) -> list[Dispatch]:
+) -> list[Publication]:
     """Take up to ``limit`` rows per channel due within ``horizon`` seconds that nobody owns.
 
     With ``lapsed``, first rows whose queued message or worker lease ran out. Each row taken gets
-    a new ``dispatch_seq`` and is owned for ``lease`` seconds by the message to be published.
+    a new ``message_seq`` and is owned for ``lease`` seconds by the message to be published.
     """
     now = utcnow()
-    taken: list[Dispatch] = []
+    taken: list[Publication] = []
     if lapsed:
         # The lapsed first: they are late already. Each query reads only the rows it may take,
         # through an index of its own, never the whole due backlog. Only Pending and Processing rows
@@ -89,7 +72,7 @@ def _take(
     lease: float,
     limit: int,
     channels: Iterable[str] | None,
-) -> list[Dispatch]:
+) -> list[Publication]:
     candidates = Notification.select(Notification.id).where(which).order_by(order).limit(limit)
     if channels is not None:
         candidates = candidates.where(Notification.channel.in_(list(channels)))
@@ -99,33 +82,33 @@ def _take(
     rows = (
         Notification.update(
             status=PENDING,
-            dispatch_seq=Notification.dispatch_seq + 1,
+            message_seq=Notification.message_seq + 1,
             lease_until=now + dt.timedelta(seconds=lease),
             updated_at=now,
         )
         .where(Notification.id.in_(candidates))
-        .returning(Notification.id, Notification.channel, Notification.due_at, Notification.dispatch_seq)
+        .returning(Notification.id, Notification.channel, Notification.due_at, Notification.message_seq)
         .tuples()
         .execute()
     )
-    return [Dispatch(str(nid), channel, due_at, seq) for nid, channel, due_at, seq in rows]
+    return [Publication(str(nid), channel, due_at, seq) for nid, channel, due_at, seq in rows]
 
 
-def begin_pass(dispatches: list[Dispatch], *, lease: float) -> int | None:
+def begin_pass(taken: list[Publication], *, lease: float) -> int | None:
     """Record, in the transaction that took them, the rows a pass is about to publish."""
-    if not dispatches:
+    if not taken:
         return None
-    record = {d.notification_id: d.seq for d in dispatches}
+    record = {p.notification_id: p.seq for p in taken}
     until = utcnow() + dt.timedelta(seconds=lease)
-    return DispatchPass.insert(dispatches=record, lease_until=until).execute()
+    return SchedulerPass.insert(seqs=record, lease_until=until).execute()
 
 
 def finish_pass(
-    pass_id: int | None, *, published: list[Dispatch], unpublished: list[Dispatch], host: str
+    pass_id: int | None, *, published: list[Publication], unpublished: list[Publication], host: str
 ) -> None:
     """The pass is over: forget its record, log what was queued, hand back what was not published."""
     if pass_id is not None:
-        DispatchPass.delete().where(DispatchPass.id == pass_id).execute()
+        SchedulerPass.delete().where(SchedulerPass.id == pass_id).execute()
     if published:
         events.record_many([d.notification_id for d in published], "queued", host)
     release({d.notification_id: d.seq for d in unpublished})
@@ -134,17 +117,17 @@ def finish_pass(
 def undo_abandoned_passes() -> int:
     """Hand back the rows of passes whose scheduler died before finishing them; return how many."""
     now = utcnow()
-    abandoned = DispatchPass.select().where(DispatchPass.lease_until < now)
+    abandoned = SchedulerPass.select().where(SchedulerPass.lease_until < now)
     if is_postgres():
         abandoned = abandoned.for_update(skip_locked=True)
     rows: dict[str, int] = {}
     ids = []
     for record in abandoned:
-        rows.update(record.dispatches)
+        rows.update(record.seqs)
         ids.append(record.id)
     if not ids:
         return 0
-    DispatchPass.delete().where(DispatchPass.id.in_(ids)).execute()
+    SchedulerPass.delete().where(SchedulerPass.id.in_(ids)).execute()
     return release(rows)
 
 
@@ -154,29 +137,29 @@ _PG_RELEASE = """
 WITH wanted AS (
     SELECT * FROM unnest(%s::uuid[], %s::int[]) AS w(id, seq)
 ), locked AS (
-    SELECT id, status, dispatch_seq FROM notification WHERE id = ANY(%s::uuid[]) ORDER BY id FOR UPDATE
+    SELECT id, status, message_seq FROM notification WHERE id = ANY(%s::uuid[]) ORDER BY id FOR UPDATE
 )
 UPDATE notification n SET lease_until = NULL
-FROM locked JOIN wanted ON locked.id = wanted.id AND locked.dispatch_seq = wanted.seq
+FROM locked JOIN wanted ON locked.id = wanted.id AND locked.message_seq = wanted.seq
 WHERE n.id = locked.id AND locked.status = 'Pending'
 """
 
 
-def release(dispatches: Mapping[Any, int]) -> int:
-    """Hand back to the next pass the rows still Pending with these dispatch numbers: nothing was sent."""
-    if not dispatches:
+def release(seqs: Mapping[Any, int]) -> int:
+    """Hand back to the next pass the rows still Pending with these message numbers: nothing was sent."""
+    if not seqs:
         return 0
     if is_postgres():
-        ids, seqs = [str(nid) for nid in dispatches], list(dispatches.values())
-        return db.execute_sql(_PG_RELEASE, (ids, seqs, ids)).rowcount
+        ids, numbers = [str(nid) for nid in seqs], list(seqs.values())
+        return db.execute_sql(_PG_RELEASE, (ids, numbers, ids)).rowcount
     released = 0
-    for notification_id, seq in dispatches.items():
+    for notification_id, seq in seqs.items():
         released += (
             Notification.update(lease_until=None)
             .where(
                 (Notification.id == notification_id)
                 & (Notification.status == PENDING)
-                & (Notification.dispatch_seq == seq)
+                & (Notification.message_seq == seq)
             )
             .execute()
         )
@@ -186,7 +169,7 @@ def release(dispatches: Mapping[Any, int]) -> int:
 def release_all() -> int:
     """Forget every queued message of Pending rows, for a restart that lost its in-process broker."""
     with db.connection_context(), db.atomic():
-        DispatchPass.delete().execute()
+        SchedulerPass.delete().execute()
         return (
             Notification.update(lease_until=None)
             .where((Notification.status == PENDING) & Notification.lease_until.is_null(False))

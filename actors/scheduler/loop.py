@@ -1,8 +1,8 @@
-"""The scheduler: hands notifications to the broker as they come within the schedule horizon.
+"""The scheduler's loop: hands notifications to the broker as they come within the schedule horizon.
 
 The database is the schedule. Only rows due within ``SCHEDULE_HORIZON`` seconds are published,
 with Dramatiq's ETA for the seconds that remain, so a notification due next week costs the broker
-and the workers nothing until then. The same pass re-dispatches rows whose message was lost or
+and the workers nothing until then. The same pass publishes again rows whose message was lost or
 whose worker died mid-delivery. Any number of schedulers may run at once.
 """
 
@@ -18,8 +18,10 @@ import dramatiq
 import settings
 import storage
 from actors.delivery import ACTORS
-from actors.dispatch import batches, publish, register_wake_event
-from storage import db, dispatching, wakeups
+from actors.scheduler import wakeups
+from actors.scheduler.publishing import batches, publish
+from storage import db, schedule
+from storage.schedule import Publication
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +49,10 @@ def dispatch_due(
     # The scheduler's thread keeps its connection from pass to pass; an outage closes it.
     db.connect(reuse_if_open=True)
     # Committed before publishing, so that a worker never waits on this transaction.
-    with db.atomic():
+    with storage.write_transaction():
         if recover:
-            dispatching.undo_abandoned_passes()
-        taken = dispatching.take_due(
+            schedule.undo_abandoned_passes()
+        taken = schedule.take_due(
             horizon=horizon,
             # The message's lease: from now until DISPATCH_LEASE after the last possible due time.
             lease=horizon + settings.DISPATCH_LEASE,
@@ -58,19 +60,19 @@ def dispatch_due(
             channels=channels,
             lapsed=recover,
         )
-        pass_id = dispatching.begin_pass(taken, lease=PUBLISH_LEASE)
-    published: list[dispatching.Dispatch] = []
+        pass_id = schedule.begin_pass(taken, lease=PUBLISH_LEASE)
+    published: list[Publication] = []
     try:
         for batch in batches(taken):
             publish(batch)
             published += batch
     finally:
-        sent = {d.notification_id for d in published}
-        with db.atomic():
-            dispatching.finish_pass(
+        sent = {p.notification_id for p in published}
+        with storage.write_transaction():
+            schedule.finish_pass(
                 pass_id,
                 published=published,
-                unpublished=[d for d in taken if d.notification_id not in sent],
+                unpublished=[p for p in taken if p.notification_id not in sent],
                 host=settings.HOSTNAME,
             )
     if taken:
@@ -85,7 +87,7 @@ class Scheduler:
         self.channels = sorted(channels) if channels is not None else None
         self.interval = interval or settings.SCHEDULER_INTERVAL
         self.wake = threading.Event()
-        register_wake_event(self.wake)
+        wakeups.register(self.wake)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -97,6 +99,7 @@ class Scheduler:
     def stop(self, timeout: float = 10) -> None:
         self._stop.set()
         self.wake.set()
+        wakeups.unregister(self.wake)
         if self._thread is not None:
             self._thread.join(timeout)
 

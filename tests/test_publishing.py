@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import datetime as dt
 
-from actors.dispatch import BATCH_WINDOW, batches
-from storage.dispatching import Dispatch
+from actors.scheduler.publishing import BATCH_WINDOW, batches
+from storage.schedule import Publication
 
 T0 = dt.datetime(2026, 11, 24, 12, 0, 0)
 
 
-def dispatch(n: int, channel: str = "push", after: float = 0.0) -> Dispatch:
-    return Dispatch(f"id-{n}", channel, T0 + dt.timedelta(seconds=after), 1)
+def dispatch(n: int, channel: str = "push", after: float = 0.0) -> Publication:
+    return Publication(f"id-{n}", channel, T0 + dt.timedelta(seconds=after), 1)
 
 
-def ids(groups: list[list[Dispatch]]) -> list[list[str]]:
+def ids(groups: list[list[Publication]]) -> list[list[str]]:
     return [[d.notification_id for d in group] for group in groups]
 
 

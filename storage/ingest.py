@@ -1,0 +1,129 @@
+"""Storing accepted notifications: one at a time through the group commit, many at once through COPY."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import os
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import peewee
+from psycopg2.extras import execute_values
+
+from storage.clock import utcnow
+from storage.database import db, is_postgres
+from storage.group_commit import GroupCommit
+from storage.models import PENDING, Notification
+
+_CREATE_COLUMNS = (
+    "id", "channel", "recipient_id", "content", "subject", "title", "data", "timezone", "scheduled_time",
+    "appropriate_delivery", "due_at", "status", "attempt_count", "attempts_at_force", "forced",
+    "message_seq", "api_host", "created_at", "updated_at",
+)  # fmt: skip
+
+# What a notification starts with, besides what the client sent and when and where it was accepted.
+_NEW_ROW = {
+    "subject": None, "title": None, "data": None, "status": PENDING, "attempt_count": 0,
+    "attempts_at_force": 0, "forced": False, "message_seq": 0,
+}  # fmt: skip
+
+# The API's write of notifications on PostgreSQL, one statement for the rows of many requests.
+# A "created" event is the row itself (see queries.history).
+_PG_CREATE = f"INSERT INTO notification ({', '.join(_CREATE_COLUMNS)}) VALUES %s"
+
+
+def _insert_rows(records: Sequence[dict[str, Any]]) -> None:
+    """Insert rows from any number of requests in one statement, one transaction."""
+    if is_postgres():
+        data = Notification.data.db_value
+        values = [
+            tuple(data(r["data"]) if name == "data" else r[name] for name in _CREATE_COLUMNS) for r in records
+        ]
+        with peewee.__exception_wrapper__:  # type: ignore[attr-defined]
+            execute_values(db.cursor(), _PG_CREATE, values, page_size=len(values))
+        return
+    with db.atomic():
+        Notification.insert_many(records).execute()
+
+
+# The API's requests, each storing one notification, share their commits (see group_commit).
+_group_writer: GroupCommit[dict[str, Any]] = GroupCommit(_insert_rows)
+
+
+def create(*, host: str, id: str | None = None, **fields: Any) -> str:
+    """Store one notification and return its id (``id`` when given, else a new random one).
+
+    It is committed together with those other threads of this process are storing at the same time.
+    """
+    now = utcnow()
+    record = {
+        **_NEW_ROW,
+        **fields,
+        "id": id or new_ids(1)[0],
+        "api_host": host,
+        "created_at": now,
+        "updated_at": now,
+    }
+    if db.in_transaction():
+        # The caller's transaction is its own: others' rows must not commit, or roll back, with it.
+        _insert_rows([record])
+    else:
+        _group_writer.submit(record)
+    return str(record["id"])
+
+
+def create_many(rows: list[dict[str, Any]], *, host: str, ids: list[str] | None = None) -> list[str]:
+    """Insert many notifications in one transaction, all or none; return their ids in order."""
+    now = utcnow()
+    ids = ids or new_ids(len(rows))
+    with db.atomic():
+        if is_postgres():
+            _pg_copy(ids, rows, host=host, now=now)
+        else:
+            # Every row with every column: insert_many takes its columns from the first row.
+            new_row = {**_NEW_ROW, "api_host": host, "created_at": now, "updated_at": now}
+            Notification.insert_many(
+                [{**new_row, **row, "id": nid} for nid, row in zip(ids, rows, strict=True)]
+            ).execute()
+    return ids
+
+
+def new_ids(count: int) -> list[str]:
+    """``count`` random (version 4) UUIDs as text, from one read of the OS's randomness, not one each."""
+    randomness = os.urandom(16 * count)
+    return [str(uuid.UUID(bytes=randomness[i : i + 16], version=4)) for i in range(0, 16 * count, 16)]
+
+
+# COPY's text format: a field is its text with these characters escaped, or \N for NULL.
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_text(value: str | None) -> str:
+    if value is None:
+        return "\\N"
+    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+        return value.translate(_COPY_ESCAPES)
+    return value
+
+
+def _pg_copy(ids: list[str], rows: list[dict[str, Any]], *, host: str, now: dt.datetime) -> None:
+    """The rows in one COPY: PostgreSQL parses far less than for an INSERT of as many rows.
+
+    Each line is written for the columns' known types: the client's text escaped, the rest as it is
+    (a channel, an IANA zone name, numbers and naive UTC datetimes hold no character to escape).
+    """
+    accepted = f"\t{PENDING}\t0\t0\tf\t0\t{_copy_text(host)}\t{now}\t{now}\n"
+    data = Notification.data.db_value
+    lines = [
+        f"{nid}\t{row['channel']}\t{_copy_text(row['recipient_id'])}\t{_copy_text(row['content'])}\t"
+        f"{_copy_text(row.get('subject'))}\t{_copy_text(row.get('title'))}\t"
+        f"{_copy_text(data(row.get('data')))}\t{row['timezone']}\t{row['scheduled_time']}\t"
+        f"{'t' if row['appropriate_delivery'] else 'f'}\t{row['due_at']}{accepted}"
+        for nid, row in zip(ids, rows, strict=True)
+    ]
+    with peewee.__exception_wrapper__:  # type: ignore[attr-defined]
+        db.cursor().copy_expert(
+            f"COPY notification ({', '.join(_CREATE_COLUMNS)}) FROM STDIN", io.StringIO("".join(lines))
+        )

@@ -1,0 +1,121 @@
+"""The tables: notifications, their events, the schedulers' passes, worker processes, request guards."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import peewee
+
+from storage.database import BaseModel
+
+PENDING, PROCESSING, DELIVERED, FAILED, CANCELLED = (
+    "Pending",
+    "Processing",
+    "Delivered",
+    "Failed",
+    "Cancelled",
+)
+STATUSES = (PENDING, PROCESSING, DELIVERED, FAILED, CANCELLED)
+CHANNELS = ("push", "email")
+
+
+class JSONField(peewee.TextField):
+    """A JSON document kept as text, so that SQLite and PostgreSQL store it alike."""
+
+    def db_value(self, value: Any) -> str | None:
+        return None if value is None else json.dumps(value, separators=(",", ":"))
+
+    def python_value(self, value: Any) -> Any:
+        return None if value is None else json.loads(value)
+
+
+class Notification(BaseModel):
+    id = peewee.UUIDField(primary_key=True, default=uuid.uuid4)
+    channel = peewee.CharField(max_length=8)
+    recipient_id = peewee.CharField(max_length=320)
+    content = peewee.TextField()
+    subject = peewee.CharField(max_length=998, null=True)
+    title = peewee.CharField(max_length=255, null=True)
+    data = JSONField(null=True)
+    timezone = peewee.CharField(max_length=64)
+    # The instant the client asked for, and the instant it is due (moved into appropriate hours).
+    scheduled_time = peewee.DateTimeField()
+    appropriate_delivery = peewee.BooleanField()
+    due_at = peewee.DateTimeField()
+    status = peewee.CharField(max_length=12, default=PENDING)
+    attempt_count = peewee.IntegerField(default=0)
+    # Attempts made before the last force; the retry budget starts again from there.
+    attempts_at_force = peewee.IntegerField(default=0)
+    forced = peewee.BooleanField(default=False)
+    last_error = peewee.TextField(null=True)
+    # The number of the row's current broker message, bumped each time one is published for it;
+    # only a message carrying the current number may claim the row, which turns every older or
+    # duplicate message into a no-op.
+    message_seq = peewee.IntegerField(default=0)
+    # Until when the queued message (Pending) or the claiming worker (Processing) owns the row.
+    lease_until = peewee.DateTimeField(null=True)
+    api_host = peewee.CharField(max_length=255)
+    worker_host = peewee.CharField(max_length=255, null=True)
+    created_at = peewee.DateTimeField()
+    updated_at = peewee.DateTimeField()
+    delivered_at = peewee.DateTimeField(null=True)
+
+    class Meta:
+        indexes = (
+            (("created_at",), False),
+            (("recipient_id", "created_at"), False),
+            (("updated_at",), False),
+        )
+
+
+class NotificationEvent(BaseModel):
+    id = peewee.BigAutoField()
+    notification_id = peewee.UUIDField(index=True)
+    kind = peewee.CharField(max_length=16)
+    at = peewee.DateTimeField()
+    host = peewee.CharField(max_length=255)
+    detail = peewee.TextField(null=True)
+
+
+class SchedulerPass(BaseModel):
+    """A pass in flight: the rows it took, as ``{notification id: message_seq}``, and until when."""
+
+    id = peewee.BigAutoField()
+    seqs = JSONField()
+    lease_until = peewee.DateTimeField()
+
+
+class WorkerProcess(BaseModel):
+    # host:pid, unique while the process lives; a restarted process gets a new row.
+    id = peewee.CharField(max_length=300, primary_key=True)
+    host = peewee.CharField(max_length=255)
+    queues = peewee.CharField(max_length=255)
+    in_flight = peewee.IntegerField(default=0)
+    started_at = peewee.DateTimeField()
+    last_seen = peewee.DateTimeField(index=True)
+
+
+class IdempotentRequest(BaseModel):
+    id = peewee.BigAutoField()
+    client = peewee.CharField(max_length=80)
+    key = peewee.CharField(max_length=255)
+    # sha256 of method, path and canonical JSON body: the same key must come with the same request.
+    request_hash = peewee.CharField(max_length=64)
+    created_at = peewee.DateTimeField()
+    status_code = peewee.IntegerField(null=True)
+    response_body = peewee.TextField(null=True)
+
+    class Meta:
+        indexes = ((("client", "key"), True), (("created_at",), False))
+
+
+class RateLimitWindow(BaseModel):
+    client = peewee.CharField(max_length=80)
+    # The window's number: seconds since the epoch divided by the window's length.
+    window = peewee.BigIntegerField()
+    count = peewee.IntegerField(default=0)
+
+    class Meta:
+        primary_key = peewee.CompositeKey("client", "window")
