@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from dramatiq.middleware.prometheus import Prometheus
+
 import logs
 import settings
 import storage
@@ -11,6 +13,7 @@ from actors import EMBEDDED, broker
 from actors import delivery as delivery  # registers the actors
 from actors.heartbeat import Heartbeat
 from actors.logcontext import LogContext
+from actors.metrics import DeliveryMetrics
 from actors.scheduler import SchedulerMiddleware
 
 # Replaces Dramatiq's own format; in a worker process stderr is the pipe to Dramatiq's main process.
@@ -23,9 +26,5 @@ broker.add_middleware(LogContext())
 broker.add_middleware(SchedulerMiddleware())
 broker.add_middleware(Heartbeat())
 if settings.METRICS_ENABLED:
-    from dramatiq.middleware.prometheus import Prometheus
-
-    from actors.metrics import DeliveryMetrics
-
     broker.add_middleware(Prometheus())
     broker.add_middleware(DeliveryMetrics())
