@@ -66,6 +66,11 @@ def _api_keys(name: str) -> tuple[str, ...]:
     return keys
 
 
+def _hosts(name: str) -> frozenset[str]:
+    """Comma-separated host names or addresses, as written in URLs (without brackets), lowercased."""
+    return frozenset(h.strip().lower().strip("[]") for h in _env(name, "").split(",") if h.strip())
+
+
 _PERIODS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 
 
@@ -144,6 +149,10 @@ WEB_THREADS: int = _int("WEB_THREADS", 8, minimum=1, maximum=256)
 # Like Dramatiq itself: a worker process per core.
 WORKER_PROCESSES: int = _int("WORKER_PROCESSES", os.cpu_count() or 1, minimum=1, maximum=64)
 WORKER_THREADS: int = _int("WORKER_THREADS", 8, minimum=1, maximum=256)
+
+# Hosts a client-given URL (a push endpoint) may name although they are not public addresses; one
+# listed may also be reached over http://. Compared with the host as written: localhost is not 127.0.0.1.
+PUSH_ENDPOINT_ALLOWLIST: frozenset[str] = _hosts("PUSH_ENDPOINT_ALLOWLIST")
 
 METRICS_ENABLED: bool = _bool("METRICS_ENABLED", True)
 # Where gunicorn's workers keep the API's Prometheus metrics so that any of them can report the sum

@@ -9,9 +9,14 @@ from __future__ import annotations
 import settings
 from actors.providers.base import (
     DeliveryError,
+    Device,
+    DeviceGone,
+    DeviceSender,
     Envelope,
+    NotConfigured,
     PermanentDeliveryError,
     Provider,
+    PushMessage,
     TransientDeliveryError,
 )
 from actors.providers.outbox import JsonLinesOutbox, MaildirOutbox
@@ -20,9 +25,14 @@ from actors.providers.webhook import WebhookProvider
 
 __all__ = [
     "DeliveryError",
+    "Device",
+    "DeviceGone",
+    "DeviceSender",
     "Envelope",
+    "NotConfigured",
     "PermanentDeliveryError",
     "Provider",
+    "PushMessage",
     "TransientDeliveryError",
     "provider_for",
 ]

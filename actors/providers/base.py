@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -47,3 +48,51 @@ class Provider(Protocol):
     name: str
 
     def deliver(self, envelope: Envelope) -> None: ...
+
+
+class DeviceGone(PermanentDeliveryError):
+    """The push service says the device no longer exists: disable it, never send to it again."""
+
+
+class NotConfigured(PermanentDeliveryError):
+    """A device of a kind whose credentials the operator has not set."""
+
+
+@dataclass(frozen=True)
+class PushMessage:
+    """What a push notification says, with how each push service should treat it."""
+
+    notification_id: str
+    recipient_id: str
+    content: str
+    title: str | None = None
+    data: dict[str, Any] | None = None
+    ttl: int = 86400  # seconds the push service keeps it for an unreachable device
+    urgency: str = "normal"  # very-low, low, normal, high (RFC 8030)
+    collapse_key: str | None = None  # a newer one with the same key replaces an undelivered older one
+
+
+@dataclass(frozen=True)
+class Device:
+    """A recipient's registered device, as a sender needs it."""
+
+    id: str
+    kind: str  # webpush, unifiedpush, fcm, apns
+    address: str  # the endpoint URL (webpush, unifiedpush) or the token (fcm, apns)
+    p256dh: str | None = None  # webpush, unifiedpush: the subscription's keys, base64url
+    auth: str | None = None
+    environment: str | None = None  # apns: production or sandbox
+    last_seen_at: dt.datetime | None = None  # naive UTC: its latest registration
+
+
+class DeviceSender(Protocol):
+    """Sends one message to one device; safe to call from several threads at once.
+
+    Returns the push service's id for the message. Raises ``DeviceGone`` when the device no longer
+    exists, ``TransientDeliveryError`` (with ``retry_after``) when trying again may help, and
+    ``PermanentDeliveryError`` when it will not.
+    """
+
+    kind: str
+
+    def send(self, device: Device, message: PushMessage) -> str: ...
