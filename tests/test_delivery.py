@@ -9,18 +9,12 @@ import pika
 import pytest
 
 import storage
+from harness.processes import Service
+from harness.waiting import wait_until
 from storage import events
 from storage import notifications as store
-from tests.processes import Service, wait_until
-from tests.receivers import SmtpReceiver
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq]
-
-
-@pytest.fixture
-def smtp_server():
-    with SmtpReceiver() as receiver:
-        yield receiver
 
 
 @pytest.fixture
@@ -42,8 +36,9 @@ def service(tmp_path, service_settings, request):
     running = Service(tmp_path, **service_settings)
     yield running
     running.close()
-    if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
-        print(running.logs())
+    call = getattr(request.node, "rep_call", None)  # set by conftest's pytest_runtest_makereport
+    if call is not None and call.failed:
+        print(running.logs())  # shown with the failure, under "Captured stdout teardown"
 
 
 def soon(seconds: float) -> str:

@@ -10,15 +10,10 @@ import threading
 import pytest
 
 import storage
+from harness.factories import make, take
 from storage import dispatching, events
 from storage import notifications as store
 from storage.clock import utcnow
-from tests.factories import make
-
-
-def take(horizon=60.0, lease=600.0, limit=100, channels=None):
-    with storage.db.atomic():
-        return dispatching.take_due(horizon=horizon, lease=lease, limit=limit, channels=channels)
 
 
 def test_create_records_a_created_event(db):

@@ -8,11 +8,12 @@ import threading
 import pytest
 
 import storage
+from harness.factories import make, take
+from harness.network import TcpRelay, via
+from harness.processes import Service
+from harness.waiting import wait_until
 from storage import dispatching
 from storage import notifications as store
-from tests.factories import make
-from tests.processes import Service, TcpRelay, via, wait_until
-from tests.test_storage import take
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq]
 
