@@ -10,6 +10,7 @@ import time
 import traceback
 
 from bench.common import BenchError, machine_info
+from harness.servers import Unavailable
 
 BENCHMARKS = {
     "ingest": "POST /notifications/push: requests/s and latency at concurrency 16 and 64",
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         began = time.monotonic()
         try:
             importlib.import_module(f"bench.{name}").run(quick=args.quick, scale=args.scale)
-        except BenchError as exc:
+        except (BenchError, Unavailable, TimeoutError) as exc:
             failed.append(name)
             print(f"  {name} could not run: {exc}", file=sys.stderr)
         except Exception:

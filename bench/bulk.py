@@ -11,17 +11,8 @@ import itertools
 import threading
 import time
 
-from bench.common import (
-    batch_body,
-    log,
-    next_week,
-    percentile,
-    post_batches,
-    print_table,
-    push_item,
-    running,
-    write_result,
-)
+from bench.common import log, percentile, post_batches, print_table, running, write_result
+from harness.payloads import batch_body, next_week, push_item
 
 NAME = "bulk"
 TARGET = "50,000 notifications/s accepted"
@@ -37,7 +28,7 @@ def run(quick: bool, scale: float = 1.0) -> dict:
         for b in range(8)
     ]
     rows = []
-    with running(NAME, {}) as (service, _):
+    with running(NAME, {}) as (service, made, _):
         post_batches(service.base_url, iter(bodies[:2]), concurrency=2)  # warm-up
         for concurrency in (2, 4):
             log(f"{seconds}s of {BATCH}-notification batches from {concurrency} threads")
@@ -59,9 +50,9 @@ def run(quick: bool, scale: float = 1.0) -> dict:
                     "error_samples": result.error_samples,
                 }
             )
-        stored = service.backing.sql("SELECT count(*) FROM notification")[0][0]
+        stored = made.sql("SELECT count(*) FROM notification")[0][0]
         log(f"ceiling: {seconds}s of 1,000-row INSERTs into the table from 2 connections")
-        table = table_ceiling(service.backing, seconds, connections=2)
+        table = table_ceiling(made, seconds, connections=2)
     print_table(
         f"Bulk ingest: POST /notifications/batch (target: {TARGET})",
         [

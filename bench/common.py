@@ -1,5 +1,5 @@
-"""Shared by the benchmarks: throwaway database and vhost, the service's processes, the push endpoint,
-RSS, percentiles, tables and the results files."""
+"""Shared by the benchmarks: their database and vhost, the service running on them, percentiles,
+tables, the results files and a batch client. The processes, servers and receivers are harness's."""
 
 from __future__ import annotations
 
@@ -10,26 +10,23 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
+from harness.processes import BIN, ROOT, Service
+from harness.receivers import CountingPushReceiver
+from harness.servers import Servers, Unavailable, throwaway_name
+
 RESULTS = Path(__file__).resolve().parent / "results"
-PG_ADMIN_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-RABBIT_HOST = os.environ.get("BENCH_RABBITMQ_HOST", "127.0.0.1")
-RABBIT_USER = os.environ.get("BENCH_RABBITMQ_USER", "guest:guest")
+SERVERS = Servers.from_environment("BENCH")
 
 
 class BenchError(RuntimeError):
@@ -38,24 +35,6 @@ class BenchError(RuntimeError):
 
 def log(message: str) -> None:
     print(f"  [{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until(condition: Callable[[], Any], timeout: float, interval: float = 0.1, what: str = "") -> Any:
-    """Await ``condition()`` becoming truthy and return its value; BenchError after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise BenchError(f"waited {timeout:.0f}s for {what or condition}")
-        time.sleep(interval)
 
 
 # --- numbers and output ---------------------------------------------------------------------------
@@ -135,7 +114,7 @@ def machine_info() -> dict[str, Any]:
     with contextlib.suppress(Exception):
         import psycopg2
 
-        connection = psycopg2.connect(PG_ADMIN_URL, connect_timeout=3)
+        connection = psycopg2.connect(SERVERS.postgres_admin_url, connect_timeout=3)
         with contextlib.closing(connection) as conn, conn.cursor() as cursor:
             cursor.execute("SHOW server_version")
             postgres = cursor.fetchone()[0]
@@ -184,18 +163,25 @@ def write_result(name: str, quick: bool, params: dict[str, Any], results: Any, n
 
 @dataclass
 class Backing:
-    """A throwaway PostgreSQL database and RabbitMQ vhost."""
+    """A throwaway PostgreSQL database and RabbitMQ vhost of one name."""
 
-    database: str
-    vhost: str
+    name: str
+
+    @property
+    def database(self) -> str:
+        return self.name
+
+    @property
+    def vhost(self) -> str:
+        return self.name
 
     @property
     def database_url(self) -> str:
-        return f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{self.database}"
+        return SERVERS.database_url(self.name)
 
     @property
     def broker_url(self) -> str:
-        return f"amqp://{RABBIT_USER}@{RABBIT_HOST}:5672/{self.vhost}"
+        return SERVERS.broker_url(self.name)
 
     def sql(self, query: str, *args: Any) -> list[tuple[Any, ...]]:
         import psycopg2
@@ -235,192 +221,23 @@ def rabbitmq_memory() -> dict[str, int] | None:
     return None
 
 
-def _rabbitmqctl(*args: str) -> None:
-    try:
-        subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
-    except FileNotFoundError:
-        raise BenchError("rabbitmqctl not found: the bench creates a vhost with it (run as root)") from None
-    except subprocess.CalledProcessError as exc:
-        raise BenchError(f"rabbitmqctl {' '.join(args)} failed: {exc.stderr.decode().strip()}") from None
-
-
 @contextlib.contextmanager
 def backing(name: str) -> Iterator[Backing]:
     """Create a database and a vhost for one benchmark; drop both afterwards."""
-    import psycopg2
-
-    suffix = f"{name}_{uuid.uuid4().hex[:8]}"
-    made = Backing(database=f"bench_{suffix}", vhost=f"bench_{suffix}")
+    made = Backing(throwaway_name(f"bench_{name}", 8))
+    SERVERS.create_database(made.database)
     try:
-        admin = psycopg2.connect(PG_ADMIN_URL, connect_timeout=3)
-    except psycopg2.OperationalError as exc:
-        raise BenchError(f"PostgreSQL unreachable at {PG_ADMIN_URL} (BENCH_POSTGRES_URL): {exc}") from None
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cursor:
-            cursor.execute(f'CREATE DATABASE "{made.database}"')
-        _rabbitmqctl("add_vhost", made.vhost)
+        SERVERS.create_vhost(made.vhost)
         try:
-            _rabbitmqctl("set_permissions", "-p", made.vhost, RABBIT_USER.split(":")[0], ".*", ".*", ".*")
             yield made
         finally:
-            with contextlib.suppress(BenchError):
-                _rabbitmqctl("delete_vhost", made.vhost)
+            with contextlib.suppress(Unavailable):
+                SERVERS.delete_vhost(made.vhost)
     finally:
-        with admin.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{made.database}" WITH (FORCE)')
-        admin.close()
+        SERVERS.drop_database(made.database)
 
 
-# --- processes ------------------------------------------------------------------------------------
-
-
-def stop(process: subprocess.Popen, timeout: float = 30) -> None:
-    """SIGTERM the process (as a supervisor would), then SIGKILL its whole session if it lingers."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-    # Anything the process left behind in its session (a worker whose parent died).
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
-
-
-@dataclass
-class Service:
-    """The API under gunicorn and the push worker under run_workers.sh, as a user runs them."""
-
-    backing: Backing
-    workdir: Path
-    settings: dict[str, str] = field(default_factory=dict)
-    api: subprocess.Popen | None = None
-    workers: subprocess.Popen | None = None
-    base_url: str = ""
-
-    def env(self) -> dict[str, str]:
-        return {
-            **os.environ,
-            "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
-            "PYTHONPATH": str(ROOT),
-            "DATABASE_URL": self.backing.database_url,
-            "BROKER_URL": self.backing.broker_url,
-            "OUTBOX_DIR": str(self.workdir / "outbox"),
-            # Free ports, so that two runs (or a test suite) on the machine do not collide.
-            "PUSH_METRICS_PORT": str(free_port()),
-            "EMAIL_METRICS_PORT": str(free_port()),
-            **self.settings,
-        }
-
-    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen:
-        with open(self.workdir / f"{name}.log", "ab") as out:
-            return subprocess.Popen(
-                args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-
-    def start_api(self) -> str:
-        port = free_port()
-        env = {**self.env(), "PORT": str(port)}
-        self.api = self._spawn("api", [str(BIN / "gunicorn"), "wsgi:app"], env)
-        self.base_url = f"http://127.0.0.1:{port}"
-        wait_until(self._healthy, timeout=60, what=f"gunicorn on {self.base_url} (log {self.workdir})")
-        return self.base_url
-
-    def start_workers(self) -> None:
-        """run_workers.sh for the push channel; returns once its scheduler runs."""
-        self.workers = self._spawn("workers", [str(ROOT / "run_workers.sh"), "push"], self.env())
-        wait_until(
-            lambda: "Scheduler started" in self.log("workers"),
-            timeout=60,
-            what=f"the push worker's scheduler (log {self.workdir / 'workers.log'})",
-        )
-
-    def log(self, name: str) -> str:
-        path = self.workdir / f"{name}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def _healthy(self) -> bool:
-        if self.api is not None and self.api.poll() is not None:
-            raise BenchError(f"gunicorn exited with {self.api.returncode}:\n{self.log('api')[-3000:]}")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", int(self.base_url.rsplit(":", 1)[1]), timeout=5)
-            conn.request("GET", "/health")
-            return conn.getresponse().status == 200
-        except OSError:
-            return False
-
-    def processes(self) -> dict[str, list[psutil.Process]]:
-        """The service's processes by role: gunicorn master/worker, dramatiq main/worker."""
-        roles: dict[str, list[psutil.Process]] = {}
-        if self.api is not None and self.api.poll() is None:
-            with contextlib.suppress(psutil.Error):
-                master = psutil.Process(self.api.pid)
-                roles["gunicorn master"] = [master]
-                roles["gunicorn worker"] = master.children()
-        if self.workers is not None and self.workers.poll() is None:
-            with contextlib.suppress(psutil.Error):
-                for proc in psutil.Process(self.workers.pid).children(recursive=True):
-                    with contextlib.suppress(psutil.Error):
-                        if "dramatiq" not in " ".join(proc.cmdline()):
-                            continue
-                        parent_is_dramatiq = "dramatiq" in " ".join(proc.parent().cmdline())
-                        role = "dramatiq worker" if parent_is_dramatiq else "dramatiq main"
-                        roles.setdefault(role, []).append(proc)
-        return roles
-
-    def rss(self) -> dict[str, list[float]]:
-        """RSS in MiB of each of the service's processes, by role."""
-        out: dict[str, list[float]] = {}
-        for role, procs in self.processes().items():
-            for proc in procs:
-                with contextlib.suppress(psutil.Error):
-                    out.setdefault(role, []).append(round(proc.memory_info().rss / 2**20, 1))
-        return out
-
-    def stop(self) -> None:
-        for process in (self.workers, self.api):
-            if process is not None:
-                stop(process)
-
-
-class Receiver:
-    """The push endpoint (bench/receiver.py) in a process of its own."""
-
-    def __init__(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "bench.receiver"],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline().split()
-        if len(line) != 2 or line[0] != "PORT":
-            stop(self.process, 5)
-            raise BenchError("the push receiver did not start")
-        self.port = int(line[1])
-        self.url = f"http://127.0.0.1:{self.port}/push"
-
-    def _get(self, path: str) -> Any:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            conn.request("GET", path)
-            return json.loads(conn.getresponse().read())
-        finally:
-            conn.close()
-
-    def stats(self) -> dict[str, Any]:
-        return self._get("/stats")
-
-    def arrivals(self) -> dict[str, float]:
-        return self._get("/arrivals")
-
-    def stop(self) -> None:
-        stop(self.process, 5)
+# --- the service, profiled ----------------------------------------------------------------------
 
 
 class Profiler:
@@ -432,7 +249,7 @@ class Profiler:
             raise BenchError(f"--profile needs py-spy: {BIN / 'pip'} install py-spy")
         directory.mkdir(parents=True, exist_ok=True)
         for role in ("gunicorn worker", "dramatiq worker"):
-            for proc in service.processes().get(role, []):
+            for proc in service.by_role().get(role, []):
                 out = directory / f"{name}-{role.replace(' ', '-')}-{proc.pid}.txt"
                 args = [str(BIN / "py-spy"), "record", "--pid", str(proc.pid), "--rate", "100"]
                 args += ["--format", "raw", "--output", str(out), "--threads"]
@@ -453,33 +270,35 @@ class Profiler:
 
 
 @contextlib.contextmanager
-def running(name: str, settings: dict[str, str], *, workers: bool = True, receiver: bool = False):
-    """A throwaway database and vhost, the service on them (and a push receiver); all gone afterwards.
+def running(
+    name: str, settings: dict[str, str], *, workers: bool = True, receiver: bool = False
+) -> Iterator[tuple[Service, Backing, CountingPushReceiver | None]]:
+    """A throwaway database and vhost, the service on them as deployed (and a push receiver); all gone
+    afterwards.
 
     With BENCH_PROFILE_DIR set (``--profile``), py-spy records the service's workers meanwhile.
     """
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
-    push = Receiver() if receiver else None
-    try:
-        with backing(name) as made:
-            if push is not None:
-                settings = {"PUSH_WEBHOOK_URL": push.url, **settings}
-            service = Service(made, workdir, settings)
-            profiler = None
-            try:
-                service.start_api()
-                if workers:
-                    service.start_workers()
-                if os.environ.get("BENCH_PROFILE_DIR"):
-                    profiler = Profiler(service, name, Path(os.environ["BENCH_PROFILE_DIR"]))
-                yield service, push
-            finally:
-                if profiler is not None:
-                    profiler.stop()
-                service.stop()
-    finally:
+    with contextlib.ExitStack() as stack:
+        push = stack.enter_context(CountingPushReceiver()) if receiver else None
+        made = stack.enter_context(backing(name))
         if push is not None:
-            push.stop()
+            settings = {"PUSH_WEBHOOK_URL": push.url, **settings}
+        service = Service(
+            workdir,
+            as_deployed=True,
+            DATABASE_URL=made.database_url,
+            BROKER_URL=made.broker_url,
+            **settings,
+        )
+        stack.callback(service.close)
+        service.start_api()
+        if workers:
+            service.start_workers("push", ready=True)
+        if os.environ.get("BENCH_PROFILE_DIR"):
+            profiler = Profiler(service, name, Path(os.environ["BENCH_PROFILE_DIR"]))
+            stack.callback(profiler.stop)
+        yield service, made, push
     log(f"service logs in {workdir}")
 
 
@@ -549,29 +368,3 @@ def post_batches(
     for thread in threads:
         thread.join()
     return run
-
-
-def batch_body(items: list[dict[str, Any]]) -> bytes:
-    return json.dumps({"notifications": items}).encode()
-
-
-def push_item(i: int, scheduled_time: dt.datetime | None = None) -> dict[str, Any]:
-    item: dict[str, Any] = {
-        "channel": "push",
-        "recipient_id": f"user{i % 10000}",
-        "content": "Your order has been shipped!",
-        "title": "Order update",
-    }
-    if scheduled_time is not None:
-        item["scheduled_time"] = scheduled_time.isoformat()
-    return item
-
-
-# Notifications due "now" must not be moved to the next morning by the appropriate hours.
-ALL_DAY = {"APPROPRIATE_HOURS_START": "0", "APPROPRIATE_HOURS_END": "24"}
-
-
-def next_week() -> dt.datetime:
-    return (dt.datetime.now(dt.UTC) + dt.timedelta(days=7)).replace(
-        hour=12, minute=0, second=0, microsecond=0
-    )

@@ -11,21 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import (
-    ALL_DAY,
-    BIN,
-    ROOT,
-    BenchError,
-    backing,
-    batch_body,
-    log,
-    post_batches,
-    print_table,
-    push_item,
-    running,
-    stop,
-    write_result,
-)
+from bench.common import BenchError, backing, log, post_batches, print_table, running, write_result
+from harness.payloads import batch_body, push_item
+from harness.processes import ALL_DAY, BIN, ROOT, stop
+from harness.waiting import wait_until
 
 NAME = "e2e"
 TARGET = "the pipeline reaches at least half of the no-op ceiling"
@@ -37,9 +26,9 @@ def _bodies(n: int):
         yield batch_body([push_item(i) for i in range(start, min(n, start + BATCH))])
 
 
-def delivery_stats(service) -> dict[str, Any]:
+def delivery_stats(made) -> dict[str, Any]:
     """Delivered rows and accept-to-delivery latency (delivered_at - created_at), from the database."""
-    row = service.backing.sql(
+    row = made.sql(
         """SELECT count(*) FILTER (WHERE status = 'Delivered'),
                   count(*),
                   percentile_disc(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM delivered_at - created_at)),
@@ -62,6 +51,7 @@ def pipeline(n: int, confirms: bool, timeout: float) -> dict[str, Any]:
     settings = {**ALL_DAY, "PUBLISH_CONFIRMS": "true" if confirms else "false"}
     with running(f"{NAME}_{'confirms' if confirms else 'noconfirms'}", settings, receiver=True) as (
         service,
+        made,
         push,
     ):
         assert push is not None
@@ -70,10 +60,9 @@ def pipeline(n: int, confirms: bool, timeout: float) -> dict[str, Any]:
         if accepted.errors:
             raise BenchError(f"batch POSTs failed: {accepted.error_samples}")
         log(f"accepted in {accepted.elapsed:.1f}s; awaiting deliveries")
-        deadline = time.monotonic() + timeout
-        while (stats := push.stats())["unique"] < n and time.monotonic() < deadline:
-            time.sleep(0.25)
-        db = delivery_stats(service)
+        wait_until(lambda: push.stats()["unique"] >= n, timeout, interval=0.25, fail=False)
+        stats = push.stats()
+        db = delivery_stats(made)
     complete = stats["unique"] >= n
     span = max(stats["last"] - accepted.first_sent, 1e-9)
     return {
@@ -120,16 +109,21 @@ def ceiling(n: int, processes: int, threads: int, timeout: float) -> dict[str, A
             worker = subprocess.Popen(
                 args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
+
+        def processed() -> list[dict[str, Any]]:
+            return [json.loads(p.read_text()) for p in Path(tmp).glob("*.json")]
+
         try:
-            deadline = time.monotonic() + timeout
-            while True:
-                stats = [json.loads(p.read_text()) for p in Path(tmp).glob("*.json")]
-                count = sum(s["count"] for s in stats)
-                if count >= n or time.monotonic() > deadline or worker.poll() is not None:
-                    break
-                time.sleep(0.2)
+            wait_until(
+                lambda: sum(s["count"] for s in processed()) >= n or worker.poll() is not None,
+                timeout,
+                interval=0.2,
+                fail=False,
+            )
         finally:
             stop(worker)
+        stats = processed()
+        count = sum(s["count"] for s in stats)
     first = min((s["first"] for s in stats if s["first"]), default=0.0)
     last = max((s["last"] for s in stats), default=0.0)
     span = max(last - first, 1e-9)

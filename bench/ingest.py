@@ -12,19 +12,12 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 
-from bench.common import (
-    BIN,
-    ROOT,
-    free_port,
-    log,
-    next_week,
-    print_table,
-    running,
-    stop,
-    wait_until,
-    write_result,
-)
+from bench.common import log, print_table, running, write_result
 from bench.loadgen import WRK_MISSING, have_wrk, load
+from harness.network import free_port
+from harness.payloads import next_week
+from harness.processes import BIN, ROOT, stop
+from harness.waiting import wait_until
 
 NAME = "ingest"
 TARGET = "at least 2,500 requests/s with p99 under 50 ms at concurrency 64"
@@ -44,13 +37,13 @@ def run(quick: bool, scale: float = 1.0) -> dict:
     ).encode()
     notes = [] if have_wrk() else [WRK_MISSING]
     rows = []
-    with running(NAME, {}) as (service, _):
+    with running(NAME, {}) as (service, made, _):
         url = service.base_url + "/notifications/push"
         for concurrency in (16, 64):
             load(url, body, concurrency, warmup)
             log(f"{seconds}s at concurrency {concurrency}")
             rows.append({"what": "service", **load(url, body, concurrency, seconds)})
-        stored = service.backing.sql("SELECT count(*) FROM notification")[0][0]
+        stored = made.sql("SELECT count(*) FROM notification")[0][0]
     with bare_flask() as bare_url:
         for concurrency in (16, 64):
             load(bare_url, body, concurrency, warmup)

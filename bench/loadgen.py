@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from bench.common import ROOT, BenchError, percentile
+from bench.common import BenchError, percentile
+from harness.processes import ROOT
 
 LUA = Path(__file__).resolve().parent / "post.lua"
 WRK_MISSING = (

@@ -7,8 +7,10 @@ import json
 import threading
 import time
 
-from bench.common import ALL_DAY, log, print_table, running, write_result
+from bench.common import log, print_table, running, write_result
 from bench.loadgen import WRK_MISSING, have_wrk, load
+from harness.processes import ALL_DAY
+from harness.waiting import wait_until
 
 NAME = "memory"
 
@@ -25,7 +27,7 @@ def run(quick: bool, scale: float = 1.0) -> dict:
     seconds = 3 if quick else max(5, round(30 * scale))
     body = json.dumps({"recipient_id": "user123", "content": "Your order has been shipped!"}).encode()
     notes = [] if have_wrk() else [WRK_MISSING]
-    with running(NAME, ALL_DAY, receiver=True) as (service, push):
+    with running(NAME, ALL_DAY, receiver=True) as (service, made, push):
         assert push is not None
         time.sleep(3)
         idle = service.rss()
@@ -41,15 +43,13 @@ def run(quick: bool, scale: float = 1.0) -> dict:
         log(f"{seconds}s of due-now POST /notifications/push at concurrency 16, then the workers drain")
         load_result = load(service.base_url + "/notifications/push", body, 16, seconds)
         under_load = _peak(samples)
-        stored = service.backing.sql("SELECT count(*) FROM notification")[0][0]
-        deadline = time.monotonic() + (30 if quick else 120)
-        while push.stats()["unique"] < stored and time.monotonic() < deadline:
-            time.sleep(0.5)
+        stored = made.sql("SELECT count(*) FROM notification")[0][0]
+        wait_until(lambda: push.stats()["unique"] >= stored, 30 if quick else 120, interval=0.5, fail=False)
         stop.set()
         sampler.join()
         draining = _peak(samples)
         delivered = push.stats()["unique"]
-        stored = service.backing.sql("SELECT count(*) FROM notification")[0][0]
+        stored = made.sql("SELECT count(*) FROM notification")[0][0]
         time.sleep(2)
         after = service.rss()
     roles = sorted(set(idle) | set(after))

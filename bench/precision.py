@@ -6,17 +6,10 @@ import datetime as dt
 import time
 from typing import Any
 
-from bench.common import (
-    ALL_DAY,
-    batch_body,
-    log,
-    post_batches,
-    print_table,
-    push_item,
-    running,
-    summary,
-    write_result,
-)
+from bench.common import log, post_batches, print_table, running, summary, write_result
+from harness.payloads import batch_body, push_item
+from harness.processes import ALL_DAY
+from harness.waiting import wait_until
 
 NAME = "precision"
 TARGET = "p99 lateness under 1 s"
@@ -33,9 +26,9 @@ def _bodies(n: int, start: dt.datetime, window: float):
         yield batch_body(items)
 
 
-def _lateness(service, push, give_up: float) -> dict[str, Any]:
+def _lateness(made, push, give_up: float) -> dict[str, Any]:
     """Lateness by the database's delivered_at and by arrival at the endpoint, in seconds."""
-    rows = service.backing.sql(
+    rows = made.sql(
         "SELECT id::text, extract(epoch FROM due_at), extract(epoch FROM delivered_at) FROM notification"
     )
     arrivals = push.arrivals()
@@ -56,7 +49,7 @@ def run(quick: bool, scale: float = 1.0) -> dict:
     n = 3000 if quick else max(1000, round(100_000 * scale))
     window = 10.0 if quick else WINDOW
     notes = []
-    with running(NAME, ALL_DAY, receiver=True) as (service, push):
+    with running(NAME, ALL_DAY, receiver=True) as (service, made, push):
         assert push is not None
         # Time to accept them all first (at a pessimistic 2,000/s), so none is due before it is accepted.
         lead = (5 if quick else 15) + n / 2000
@@ -74,10 +67,9 @@ def run(quick: bool, scale: float = 1.0) -> dict:
         log(f"accepted {accepted.accepted:,} in {accepted.elapsed:.1f}s; awaiting deliveries")
         # Give up at most 8 minutes after the window ends, to bound the benchmark.
         give_up = start.timestamp() + window + (60 if quick else 480)
-        while push.stats()["unique"] < n and time.time() < give_up:
-            time.sleep(0.5)
+        wait_until(lambda: push.stats()["unique"] >= n, give_up - time.time(), interval=0.5, fail=False)
         finished = min(time.time(), give_up)
-        result = _lateness(service, push, finished)
+        result = _lateness(made, push, finished)
     if result["undelivered_at_end"]:
         notes.append(
             f"{result['undelivered_at_end']:,} of {n:,} not delivered "

@@ -10,17 +10,8 @@ from typing import Any
 
 import psutil
 
-from bench.common import (
-    batch_body,
-    log,
-    next_week,
-    post_batches,
-    print_table,
-    push_item,
-    rabbitmq_memory,
-    running,
-    write_result,
-)
+from bench.common import log, post_batches, print_table, rabbitmq_memory, running, write_result
+from harness.payloads import batch_body, next_week, push_item
 
 NAME = "schedule_scale"
 TARGET = "broker and worker memory flat"
@@ -73,10 +64,9 @@ def _scheduler_pass_seconds(database_url: str) -> float:
     return elapsed
 
 
-def snapshot(service, seconds: float) -> dict[str, Any]:
+def snapshot(service, made, seconds: float) -> dict[str, Any]:
     """Sizes, depths, memory, and the CPU the idle service spends over ``seconds``."""
-    made = service.backing
-    procs = service.processes()
+    procs = service.by_role()
     dramatiq = procs.get("dramatiq main", []) + procs.get("dramatiq worker", [])
     backends = _postgres_backends(made.database)
     cpu_workers, cpu_pg = _cpu_seconds(dramatiq), _cpu_seconds(backends)
@@ -106,10 +96,10 @@ def run(quick: bool, scale: float = 1.0) -> dict:
     n = 20_000 if quick else max(10_000, round(1_000_000 * scale))
     budget = 60 if quick else 480
     notes = []
-    with running(NAME, {}) as (service, _):
+    with running(NAME, {}) as (service, made, _):
         idle = 3 if quick else 10
         log("before: sizes, queues, memory and idle CPU")
-        before = snapshot(service, idle)
+        before = snapshot(service, made, idle)
         log(f"accepting {n:,} notifications for next week (at most {budget}s)")
         accepted = post_batches(
             service.base_url, _bodies(n, next_week()), concurrency=2, deadline=time.monotonic() + budget
@@ -123,7 +113,7 @@ def run(quick: bool, scale: float = 1.0) -> dict:
             f"accepted {accepted.accepted:,} in {accepted.elapsed:.0f}s; "
             "after: sizes, queues, memory, idle CPU"
         )
-        after = snapshot(service, idle)
+        after = snapshot(service, made, idle)
     rate = accepted.accepted / accepted.elapsed
 
     def queue_total(snap: dict[str, Any]) -> int:

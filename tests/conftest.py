@@ -1,4 +1,5 @@
-"""Fixtures: the app and client (flaskr), a throwaway PostgreSQL database and RabbitMQ vhost per run.
+"""Fixtures: the app and client (flaskr), a throwaway PostgreSQL database and RabbitMQ vhost per run,
+the receivers. They are thin: what they stand up is in harness/.
 
 Tests that need PostgreSQL or RabbitMQ skip when it is unreachable, and fail instead under CI=true.
 """
@@ -6,10 +7,8 @@ Tests that need PostgreSQL or RabbitMQ skip when it is unreachable, and fail ins
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import tempfile
-import uuid
 
 # Before any project module reads settings: the embedded broker and a scratch outbox.
 for _name in ("BROKER_URL", "CLOUDAMQP_URL", "SMTP_URL", "PUSH_WEBHOOK_URL", "API_KEYS"):
@@ -21,78 +20,38 @@ import pytest  # noqa: E402
 
 import storage  # noqa: E402
 from api import create_app  # noqa: E402
+from harness import factories  # noqa: E402
+from harness.receivers import PushReceiver, SmtpReceiver  # noqa: E402
+from harness.servers import Servers, required, throwaway_name  # noqa: E402
 
-PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-RABBIT_HOST = os.environ.get("TEST_RABBITMQ_HOST", "127.0.0.1")
-
-
-def unavailable(what: str, reason: object) -> None:
-    """Skip locally, fail in CI: a missing service must not turn CI green."""
-    message = f"{what} unavailable: {reason}"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
+SERVERS = Servers.from_environment("TEST")
 
 
 @pytest.fixture(scope="session")
 def postgres_url():
     """A fresh PostgreSQL database for this test process, dropped at the end."""
-    import psycopg2
-
-    name = f"notif_test_{uuid.uuid4().hex[:10]}"
-    try:
-        _admin_sql(f'CREATE DATABASE "{name}"')
-    except psycopg2.OperationalError as exc:
-        unavailable("PostgreSQL", exc)
-    base = PG_ADMIN_URL.rsplit("/", 1)[0]
-    yield f"{base}/{name}"
+    with required():
+        name = SERVERS.create_database(throwaway_name("notif_test"))
+    yield SERVERS.database_url(name)
     storage.db.obj.close() if isinstance(storage.db.obj, peewee.Database) else None
-    _admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def _admin_sql(statement: str) -> None:
-    """Run one statement on a connection of its own (the server may have restarted meanwhile)."""
-    import psycopg2
-
-    admin = psycopg2.connect(PG_ADMIN_URL, connect_timeout=3)
-    try:
-        admin.autocommit = True
-        with admin.cursor() as cursor:
-            cursor.execute(statement)
-    finally:
-        admin.close()
+    SERVERS.drop_database(name)
 
 
 @pytest.fixture
 def fresh_postgres_url(postgres_url):
     """A PostgreSQL database of its own for one test, for processes started by that test."""
-    name = f"{postgres_url.rsplit('/', 1)[1]}_{uuid.uuid4().hex[:6]}"
-    _admin_sql(f'CREATE DATABASE "{name}"')
-    yield f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-    _admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def _rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+    name = SERVERS.create_database(throwaway_name(postgres_url.rsplit("/", 1)[1], 6))
+    yield SERVERS.database_url(name)
+    SERVERS.drop_database(name)
 
 
 @pytest.fixture(scope="session")
 def rabbitmq_url():
     """A throwaway RabbitMQ vhost for this test process, deleted at the end."""
-    import pika
-
-    try:
-        pika.BlockingConnection(pika.URLParameters(f"amqp://guest:guest@{RABBIT_HOST}:5672/%2F")).close()
-    except Exception as exc:
-        unavailable("RabbitMQ", exc)
-    vhost = f"notif_test_{uuid.uuid4().hex[:10]}"
-    try:
-        _rabbitmqctl("add_vhost", vhost)
-        _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    except (OSError, subprocess.SubprocessError) as exc:
-        unavailable("rabbitmqctl", exc)
-    yield f"amqp://guest:guest@{RABBIT_HOST}:5672/{vhost}"
-    _rabbitmqctl("delete_vhost", vhost)
+    with required():
+        vhost = SERVERS.create_vhost(throwaway_name("notif_test"))
+    yield SERVERS.broker_url(vhost)
+    SERVERS.delete_vhost(vhost)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -128,11 +87,23 @@ def client(app):
 
 
 @pytest.fixture
+def seeded(app):
+    """Notifications in each state the dashboard shows, and a worker; their ids by role."""
+    with app.app_context():
+        return factories.dashboard_rows()
+
+
+@pytest.fixture
 def push_endpoint():
     """A real local HTTP endpoint receiving push notifications."""
-    from tests.receivers import PushReceiver
-
     with PushReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture
+def smtp_server():
+    """A real local SMTP server keeping what it is sent."""
+    with SmtpReceiver() as receiver:
         yield receiver
 
 
@@ -145,6 +116,15 @@ def python() -> str:
 def report(request):
     """Record a line of figures to print at the end of the run (carried back from xdist workers)."""
     return lambda line: request.node.user_properties.append(("figures", line))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Each phase's report on the test item (``rep_setup``, ``rep_call``, ``rep_teardown``), for fixtures
+    that act on the outcome at teardown."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
 
 
 def pytest_terminal_summary(terminalreporter):

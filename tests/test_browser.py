@@ -9,13 +9,11 @@ from urllib.parse import urlsplit
 import pytest
 from werkzeug.serving import make_server
 
+from harness.browser import Browser
+from harness.servers import unavailable
 from storage import models, queries
-from tests import test_dashboard
-from tests.conftest import unavailable
 
 pytestmark = pytest.mark.browser
-
-seeded = test_dashboard.seeded  # the dashboard tests' data, on this module's served app
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +21,6 @@ def browser(tmp_path_factory):
     executable = shutil.which("chromium") or shutil.which("chromium-browser")
     if executable is None:
         unavailable("Chromium", "no chromium on PATH")
-    from tests.cdp import Browser
-
     chromium = Browser(executable, str(tmp_path_factory.mktemp("chromium-profile")))
     yield chromium
     chromium.close()

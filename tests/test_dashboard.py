@@ -2,26 +2,9 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 
 import pytest
-
-from storage import models, workers
-from storage.clock import utcnow
-from tests.test_metrics import make, settle
-
-
-@pytest.fixture
-def seeded(app):
-    with app.app_context():
-        scheduled = make(recipient_id="soon-user")
-        settle(scheduled, due_at=utcnow() + dt.timedelta(minutes=30))
-        failed = make("email", recipient_id="broken@example.com")
-        settle(failed, status=models.FAILED, attempt_count=6, last_error="SMTP 550 no such user")
-        settle(make(), status=models.DELIVERED, worker_host="worker-1")
-        workers.beat(host="worker-1", pid=7, queues="push", in_flight=2, started_at=utcnow())
-    return {"scheduled": str(scheduled.id), "failed": str(failed.id)}
 
 
 def token(html: str) -> str:

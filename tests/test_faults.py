@@ -11,40 +11,12 @@ import signal
 
 import pytest
 
-from tests.processes import Service, TcpRelay, via, wait_until
-from tests.receivers import PushReceiver
+from harness.faults import accept_batch, delivered_figures
+from harness.network import TcpRelay, via
+from harness.processes import Service
+from harness.waiting import wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq]
-
-
-def accept_batch(service: Service, count: int, prefix: str) -> list[str]:
-    items = [{"channel": "push", "recipient_id": f"{prefix}{i}", "content": "x"} for i in range(count)]
-    status, answer = service.request("POST", "/notifications/batch", {"notifications": items})
-    assert status == 202, answer
-    return answer["notification_ids"]
-
-
-def statuses(service: Service) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for status in ("Delivered", "Failed"):
-        _, answer = service.request("GET", f"/notifications?status={status}&limit=1")
-        counts[status] = answer["count"]
-    return counts
-
-
-def figures(accepted: list[str], receiver: PushReceiver, service: Service) -> dict[str, int]:
-    # A worker killed while sending leaves a partial request behind: that is no delivery.
-    received = [r.body["notification_id"] for r in receiver.requests if r.body]
-    unique = set(received)
-    counts = statuses(service)
-    return {
-        "accepted": len(accepted),
-        "delivered": counts["Delivered"],
-        "failed": counts["Failed"],
-        "received": len(received),
-        "duplicates": len(received) - len(unique),
-        "lost": len(set(accepted) - unique),
-    }
 
 
 def post_while_down(service: Service, count: int, *, allowed: tuple[int, ...]) -> tuple[list[str], int]:
@@ -60,12 +32,6 @@ def post_while_down(service: Service, count: int, *, allowed: tuple[int, ...]) -
         else:
             refused += 1
     return accepted, refused
-
-
-def delivered_figures(service: Service, accepted: list[str], receiver: PushReceiver) -> dict[str, int]:
-    """Await every accepted notification Delivered; return the run's figures."""
-    wait_until(lambda: statuses(service)["Delivered"] == len(accepted), timeout=120)
-    return figures(accepted, receiver, service)
 
 
 def test_workers_killed_repeatedly_lose_nothing(

@@ -7,10 +7,10 @@ import threading
 import peewee
 
 import storage
+from harness.factories import make
+from harness.waiting import wait_until
 from storage import models
 from storage.group_commit import GroupCommit
-from tests.factories import make
-from tests.processes import wait_until
 
 
 def submit_from_threads(committer: GroupCommit, items: list) -> dict:

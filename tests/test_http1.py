@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -11,64 +9,10 @@ import pytest
 from actors.providers import TransientDeliveryError
 from actors.providers.http1 import Connection, ProtocolError
 from actors.providers.webhook import WebhookProvider
-from tests.test_providers import push_envelope
+from harness.factories import push_envelope
+from harness.receivers import RawServer
 
 HEAD = b"POST /push HTTP/1.1\r\nHost: test\r\nContent-Length: 2\r\n\r\n"
-
-
-class RawServer:
-    """Answers each request it reads with the next scripted bytes; a ``None`` entry closes the connection."""
-
-    def __init__(self, *answers: bytes | None) -> None:
-        self.answers = list(answers)
-        self.requests: list[bytes] = []
-        self.connections = 0
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while self.answers:
-            try:
-                sock, _ = self._listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            with sock:
-                self._answer(sock)
-
-    def _answer(self, sock: socket.socket) -> None:
-        buffer = b""
-        while self.answers:
-            while b"\r\n\r\n" not in buffer:
-                data = sock.recv(65536)
-                if not data:
-                    return
-                buffer += data
-            head, _, buffer = buffer.partition(b"\r\n\r\n")
-            length = next(
-                (
-                    int(line.split(b":")[1])
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"content-length")
-                ),
-                0,
-            )
-            while len(buffer) < length:
-                buffer += sock.recv(65536)
-            self.requests.append(head + b"\r\n\r\n" + buffer[:length])
-            buffer = buffer[length:]
-            answer = self.answers.pop(0)
-            if answer is None:
-                return
-            sock.sendall(answer)
-            if self.answers and self.answers[0] is None:
-                self.answers.pop(0)
-                return
-
-    def close(self) -> None:
-        self._listener.close()
 
 
 @pytest.fixture

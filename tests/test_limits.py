@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import email
-import email.message
 import json
-import socket
 
 import pytest
-from aiosmtpd.controller import Controller
 
 from actors.providers import Envelope
 from actors.providers.smtp import SmtpProvider
@@ -95,31 +91,7 @@ def test_a_printable_unicode_recipient_is_accepted(client):
     )
 
 
-class CollectingSmtpServer:
-    """An SMTP server keeping what it receives: (envelope recipients, parsed message)."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[list[str], email.message.Message]] = []
-
-    async def handle_DATA(self, server, session, envelope):
-        self.received.append((envelope.rcpt_tos, email.message_from_bytes(envelope.content)))
-        return "250 OK"
-
-
-@pytest.fixture
-def smtp_server():
-    handler = CollectingSmtpServer()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    yield f"smtp://127.0.0.1:{port}", handler
-    controller.stop()
-
-
 def test_a_subject_cannot_add_headers_to_the_smtp_conversation(app, client, smtp_server):
-    url, server = smtp_server
     injected = "Invoice\r\nBcc: victim@example.org\r\n\r\nforged body"
     response = client.post(
         "/notifications/email", json={"recipient_id": "user@example.com", "content": "x", "subject": injected}
@@ -128,13 +100,13 @@ def test_a_subject_cannot_add_headers_to_the_smtp_conversation(app, client, smtp
     with app.app_context():
         stored = queries.get(response.json["notification_id"])
     assert stored.subject == "Invoice Bcc: victim@example.org forged body"
-    provider = SmtpProvider(url, "notifications@localhost", timeout=5)
+    provider = SmtpProvider(smtp_server.url, "notifications@localhost", timeout=5)
     provider.deliver(Envelope(str(stored.id), "email", stored.recipient_id, stored.content, stored.subject))
     # Whatever reaches the provider by another way is folded again as it goes onto the wire.
     provider.deliver(Envelope(str(stored.id), "email", stored.recipient_id, stored.content, injected))
-    for recipients, message in server.received:
+    for recipients, message in ((m.rcpt_tos, m.message) for m in smtp_server.messages):
         assert recipients == ["user@example.com"]
         assert message["Bcc"] is None
         assert message.get_all("Subject") == ["Invoice Bcc: victim@example.org forged body"]
         assert message.get_payload().strip() == "x"
-    assert len(server.received) == 2
+    assert len(smtp_server.messages) == 2

@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
-import re
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 
 import pytest
 
+from harness.factories import make, settle
+from harness.processes import Service
+from harness.prometheus import sample, scrape
 from storage import metrics, models
 from storage.clock import utcnow
-from tests.factories import make
-
-
-def settle(notification, **changes):
-    models.Notification.update(**changes).where(models.Notification.id == notification.id).execute()
 
 
 def test_activity_counts_by_worker_host_else_api_host_channel_and_status(db):
@@ -81,18 +73,6 @@ def test_metrics_period_must_be_a_sensible_number_of_seconds(client, period):
     assert "period" in response.json["errors"]["query"]
 
 
-def sample(text: str, name: str, **labels: str) -> float | None:
-    """The value of one sample in Prometheus' text format, None when absent."""
-    for line in text.splitlines():
-        match = re.fullmatch(r"([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)", line)
-        if not match or match[1] != name:
-            continue
-        found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match[2] or ""))
-        if all(found.get(k) == v for k, v in labels.items()):
-            return float(match[3])
-    return None
-
-
 def test_prometheus_groups_requests_by_url_rule_and_counts_notifications(client):
     # The counter belongs to the process, which other tests' apps share.
     before = sample(client.get("/metrics/prometheus").text, "notifications_accepted_total", channel="email")
@@ -111,56 +91,26 @@ def test_prometheus_groups_requests_by_url_rule_and_counts_notifications(client)
     assert sample(text, "notifications", channel="push", status="failed") == 0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def await_http(url: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-
-
-def scrape(base: str) -> str:
-    with urllib.request.urlopen(f"{base}/metrics/prometheus") as response:
-        return response.read().decode()
-
-
 def test_gunicorn_workers_report_the_sum_of_their_requests(tmp_path):
-    port = free_port()
-    env = {
-        **os.environ,
-        "PORT": str(port),
-        "WEB_CONCURRENCY": "3",
-        "BROKER_URL": "redis://127.0.0.1:1/0",  # never contacted; makes gunicorn.conf start 3 workers
-        "DATABASE_URL": f"sqlite:///{tmp_path}/api.db",
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"),
-    }
-    log = (tmp_path / "gunicorn.log").open("w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "wsgi:app"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    service = Service(
+        tmp_path,
+        as_deployed=True,
+        WEB_CONCURRENCY="3",
+        BROKER_URL="redis://127.0.0.1:1/0",  # never contacted; makes gunicorn.conf start 3 workers
+        DATABASE_URL=f"sqlite:///{tmp_path}/api.db",
     )
     try:
-        base = f"http://127.0.0.1:{port}"
-        await_http(f"{base}/openapi.json")
-        before = sample(scrape(base), "flask_http_request_total", method="GET", status="200")
+        base = service.start_api()
+        metrics_url = f"{base}/metrics/prometheus"
+        # None until a GET has been answered 200 (start_api awaited /health, a 503 here).
+        before = sample(scrape(metrics_url), "flask_http_request_total", method="GET", status="200") or 0
         for _ in range(30):
             urllib.request.urlopen(f"{base}/openapi.json").close()
         # Whichever worker answers a scrape, it reports every worker's requests.
         for _ in range(4):
-            assert sample(scrape(base), "flask_http_request_total", method="GET", status="200") == before + 30
+            assert (
+                sample(scrape(metrics_url), "flask_http_request_total", method="GET", status="200")
+                == before + 30
+            )
     finally:
-        server.terminate()
-        server.wait(20)
-        log.close()
+        service.close()

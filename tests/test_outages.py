@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import unavailable
-from tests.processes import Service, wait_until
-from tests.test_faults import accept_batch, delivered_figures
+from harness.faults import accept_batch, delivered_figures
+from harness.processes import Service
+from harness.servers import unavailable
+from harness.waiting import wait_until
 
 pytestmark = [pytest.mark.exclusive, pytest.mark.postgres, pytest.mark.rabbitmq]
 

@@ -13,7 +13,6 @@ import pytest
 
 import settings
 from actors.providers import (
-    Envelope,
     PermanentDeliveryError,
     TransientDeliveryError,
     provider_for,
@@ -21,32 +20,11 @@ from actors.providers import (
 from actors.providers.outbox import JsonLinesOutbox, MaildirOutbox
 from actors.providers.smtp import SmtpProvider
 from actors.providers.webhook import WebhookProvider, parse_retry_after
-from tests.receivers import PushReceiver, SmtpReceiver, free_port
+from harness.factories import email_envelope, push_envelope
+from harness.network import free_port
+from harness.receivers import PushReceiver, SmtpReceiver
 
 SENDER = "Notifications <notify@example.org>"
-
-
-def email_envelope(notification_id: str = "n-1", **changes: object) -> Envelope:
-    fields: dict = {
-        "notification_id": notification_id,
-        "channel": "email",
-        "recipient_id": "alice@example.com",
-        "content": "Your order has shipped.",
-        "subject": "Order update",
-    }
-    return Envelope(**(fields | changes))
-
-
-def push_envelope(notification_id: str = "p-1", **changes: object) -> Envelope:
-    fields: dict = {
-        "notification_id": notification_id,
-        "channel": "push",
-        "recipient_id": "user-42",
-        "content": "Your order has shipped.",
-        "title": "Order update",
-        "data": {"order": 7, "tags": ["a", "ü"]},
-    }
-    return Envelope(**(fields | changes))
 
 
 def run_in_threads(count: int, target) -> None:
@@ -68,12 +46,6 @@ def run_in_threads(count: int, target) -> None:
         thread.join()
     if errors:
         raise errors[0]
-
-
-@pytest.fixture
-def smtp_server() -> Iterator[SmtpReceiver]:
-    with SmtpReceiver() as receiver:
-        yield receiver
 
 
 @pytest.fixture

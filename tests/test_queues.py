@@ -11,7 +11,7 @@ import pytest
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
 from actors import queues
-from tests.conftest import unavailable
+from harness.servers import unavailable
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.processes import ROOT
+from harness.processes import ROOT
 
 
 def start_with(**env: str) -> subprocess.CompletedProcess:

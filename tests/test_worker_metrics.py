@@ -6,11 +6,8 @@ import atexit
 import datetime as dt
 import io
 import logging
-import os
 import socket
 import subprocess
-import time
-import urllib.request
 
 import dramatiq
 import pytest
@@ -21,10 +18,13 @@ from actors import broker, delivery
 from actors.heartbeat import Heartbeat
 from actors.logcontext import LogContext
 from actors.metrics import DeliveryMetrics
+from harness.factories import make
+from harness.network import answers, free_port
+from harness.processes import Service, stop
+from harness.prometheus import sample, scrape
+from harness.waiting import wait_until
 from storage import models, schedule, workers
 from storage.clock import utcnow
-from tests.factories import make
-from tests.test_metrics import await_http, free_port, sample
 
 
 def test_heartbeats_sum_processes_per_host_and_forget_silent_ones(db):
@@ -103,17 +103,14 @@ def test_log_lines_name_the_host_channel_and_notification_on_one_line():
 
 
 def await_value(url: str, name: str, timeout: float = 30, **labels: str) -> float:
-    deadline = time.monotonic() + timeout
-    while True:
+    def found() -> tuple[float] | None:
         try:
-            value = sample(fetch(url), name, **labels)
-            if value is not None:
-                return value
+            value = sample(scrape(url), name, **labels)
         except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{name}{labels} never appeared at {url}")
-        time.sleep(0.1)
+            return None
+        return None if value is None else (value,)  # a tuple: a value of 0 is found too
+
+    return wait_until(found, timeout, interval=0.1, what=f"{name}{labels} at {url}")[0]
 
 
 def listening(port: int) -> bool:
@@ -121,34 +118,18 @@ def listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def fetch(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return response.read().decode()
-
-
 def run_workers(tmp_path, rabbitmq_url, **env: str) -> subprocess.Popen:
-    with (tmp_path / "workers.log").open("w") as log:
-        return subprocess.Popen(
-            ["./run_workers.sh"],
-            env={
-                **os.environ,
-                "PATH": f"{os.path.dirname(os.path.abspath(os.sys.executable))}:{os.environ['PATH']}",
-                "BROKER_URL": rabbitmq_url,
-                "DATABASE_URL": f"sqlite:///{tmp_path}/workers.db",
-                "TMPDIR": str(tmp_path),
-                "WORKER_HEARTBEAT_INTERVAL": "0.2",
-                "WORKER_THREADS": "2",
-                **env,
-            },
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    process.wait(30)
+    """run_workers.sh for both channels, with their metrics on unless ``env`` says otherwise; logs in
+    ``tmp_path / "workers.log"``."""
+    service = Service(
+        tmp_path,
+        BROKER_URL=rabbitmq_url,
+        DATABASE_URL=f"sqlite:///{tmp_path}/workers.db",
+        WORKER_HEARTBEAT_INTERVAL="0.2",
+        WORKER_THREADS="2",
+        **{"METRICS_ENABLED": "true", **env},
+    )
+    return service.start_workers()
 
 
 @pytest.mark.rabbitmq
@@ -164,10 +145,10 @@ def test_each_channel_serves_its_metrics_on_its_port(tmp_path, rabbitmq_url):
         make()
         push = f"http://127.0.0.1:{push_port}/"
         assert await_value(push, "notifications_delivered_total", channel="push") == 1
-        assert sample(fetch(push), "dramatiq_messages_total") == 1
+        assert sample(scrape(push), "dramatiq_messages_total") == 1
         # The email workers answer on their own port, with none of the push workers' counts.
-        await_http(f"http://127.0.0.1:{email_port}/")
-        email = fetch(f"http://127.0.0.1:{email_port}/")
+        wait_until(lambda: answers(f"http://127.0.0.1:{email_port}/"))
+        email = scrape(f"http://127.0.0.1:{email_port}/")
         assert sample(email, "notifications_delivered_total", channel="push") is None
         assert {w.queues for w in workers.hosts()} == {"push", "email"}
     finally:
@@ -191,10 +172,8 @@ def test_metrics_disabled_opens_no_port(tmp_path, rabbitmq_url):
     )
     try:
         storage.configure(f"sqlite:///{tmp_path}/workers.db")
-        deadline = time.monotonic() + 30
-        while len(workers.hosts()) < 2:  # both channels' workers are up and beating
-            assert time.monotonic() < deadline, "workers did not start"
-            time.sleep(0.1)
+        # Both channels' workers are up and beating.
+        wait_until(lambda: len(workers.hosts()) >= 2, timeout=30, interval=0.1, what="both channels' workers")
         assert not listening(push_port) and not listening(email_port)
     finally:
         stop(workers_process)
@@ -264,8 +243,6 @@ def test_pending_lines_are_written_whole_a_pipe_buffer_at_most_at_a_time():
 def test_access_lines_are_the_combined_format_with_the_common_prefix(tmp_path):
     import http.client
     import re
-
-    from tests.processes import Service, wait_until
 
     service = Service(tmp_path, DATABASE_URL=f"sqlite:///{tmp_path}/access.db", BROKER_URL="")
     try:

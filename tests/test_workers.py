@@ -8,10 +8,11 @@ import threading
 import pytest
 
 import storage
+from harness.factories import make, take
+from harness.network import TcpRelay, via
+from harness.processes import Service
+from harness.waiting import wait_until
 from storage import models, queries, schedule
-from tests.factories import make
-from tests.processes import Service, TcpRelay, via, wait_until
-from tests.test_storage import take
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq]
 

@@ -1,17 +1,24 @@
-"""Real local servers for tests: an SMTP receiver (aiosmtpd) and an HTTP push receiver.
+"""Real local servers to deliver to: SMTP (aiosmtpd), HTTP push endpoints, and raw scripted HTTP bytes.
 
-Both are context managers that work the same from a pytest fixture or a plain script::
+SmtpReceiver and PushReceiver run in the calling process, keep whole messages and requests and answer
+as scripted. They are context managers that work the same from a pytest fixture or a plain script::
 
     with SmtpReceiver() as smtp, PushReceiver() as push:
         ...deliver to smtp.url / push.url...
         smtp.wait_for(1); push.wait_for(1)
+
+CountingPushReceiver is the benchmarks' endpoint: one asyncio process of its own
+(``python -m harness.receivers``) that answers 200 at once and counts, well over 10,000 requests/s.
+RawServer answers with scripted raw bytes, for the webhook's HTTP/1.1 client.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import email
 import email.policy
+import http.client
 import json
 import os
 import socket
@@ -20,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -30,18 +38,21 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-__all__ = ["PushReceiver", "ReceivedEmail", "ReceivedRequest", "SmtpReceiver", "free_port"]
+from harness.network import free_port
+from harness.processes import ROOT, stop
+
+__all__ = [
+    "CountingPushReceiver",
+    "PushReceiver",
+    "RawServer",
+    "ReceivedEmail",
+    "ReceivedRequest",
+    "SmtpReceiver",
+]
 
 _Response = tuple[int, dict[str, str], bytes]
 #: A status, (status, headers) or (status, headers, body).
 ScriptedResponse = int | tuple[int, dict[str, str]] | _Response
-
-
-def free_port() -> int:
-    """A local TCP port nothing listens on (right now): for servers, or for a refused connection."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _self_signed_certificate(directory: str) -> tuple[str, str]:
@@ -391,3 +402,208 @@ class PushReceiver:
     def _closed(self, sock: socket.socket) -> None:
         with self._condition:
             self._open.pop(sock, None)
+
+
+class RawServer:
+    """Answers each request it reads with the next scripted bytes; a ``None`` entry closes the connection."""
+
+    def __init__(self, *answers: bytes | None) -> None:
+        self.answers = list(answers)
+        self.requests: list[bytes] = []
+        self.connections = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while self.answers:
+            try:
+                sock, _ = self._listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with sock:
+                self._answer(sock)
+
+    def _answer(self, sock: socket.socket) -> None:
+        buffer = b""
+        while self.answers:
+            while b"\r\n\r\n" not in buffer:
+                data = sock.recv(65536)
+                if not data:
+                    return
+                buffer += data
+            head, _, buffer = buffer.partition(b"\r\n\r\n")
+            length = next(
+                (
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length")
+                ),
+                0,
+            )
+            while len(buffer) < length:
+                buffer += sock.recv(65536)
+            self.requests.append(head + b"\r\n\r\n" + buffer[:length])
+            buffer = buffer[length:]
+            answer = self.answers.pop(0)
+            if answer is None:
+                return
+            sock.sendall(answer)
+            if self.answers and self.answers[0] is None:
+                self.answers.pop(0)
+                return
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+class CountingPushReceiver:
+    """The benchmarks' push endpoint, in a process of its own (this module's ``__main__``).
+
+    Every POST is answered 200 at once and its ``Idempotency-Key`` recorded with its arrival time
+    (``time.time()``, so that a benchmark can compare it with the database's clock on the same machine).
+    PushReceiver is a thread per connection and records whole requests; this sustains well over
+    10,000 requests/s on one core.
+    """
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/push"
+
+    def start(self) -> CountingPushReceiver:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "harness.receivers"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline().split()
+        if len(line) != 2 or line[0] != "PORT":
+            self.stop()
+            raise RuntimeError("the counting push receiver did not start")
+        self.port = int(line[1])
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop(self.process, timeout=5)
+            self.process = None
+
+    def __enter__(self) -> CountingPushReceiver:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def stats(self) -> dict[str, Any]:
+        """Requests and distinct keys counted, and the first and last arrival."""
+        return self._get("/stats")
+
+    def arrivals(self) -> dict[str, float]:
+        """Each key's first arrival."""
+        return self._get("/arrivals")
+
+    def _get(self, path: str) -> Any:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request("GET", path)
+            return json.loads(conn.getresponse().read())
+        finally:
+            conn.close()
+
+
+_OK = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{"ok":true}'
+
+
+class _Arrivals:
+    """What the counting endpoint has seen: a count, each key's first arrival, the first and the last."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first_arrival: dict[str, float] = {}
+        self.first = 0.0
+        self.last = 0.0
+
+    def record(self, key: str) -> None:
+        now = time.time()
+        self.count += 1
+        self.first_arrival.setdefault(key, now)
+        if not self.first:
+            self.first = now
+        self.last = now
+
+    def stats(self) -> dict[str, float | int]:
+        return {
+            "count": self.count,
+            "unique": len(self.first_arrival),
+            "first": self.first,
+            "last": self.last,
+        }
+
+
+class _CountingProtocol(asyncio.Protocol):
+    """Just enough keep-alive HTTP/1.1: POSTs counted, ``GET /stats`` and ``GET /arrivals`` answered."""
+
+    def __init__(self, arrivals: _Arrivals) -> None:
+        self.arrivals = arrivals
+        self.buffer = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while (end := self.buffer.find(b"\r\n\r\n")) >= 0:
+            lines = self.buffer[:end].split(b"\r\n")
+            length, key = 0, ""
+            for line in lines[1:]:
+                name, _, value = line.partition(b":")
+                name = name.strip().lower()
+                if name == b"content-length":
+                    length = int(value)
+                elif name == b"idempotency-key":
+                    key = value.strip().decode()
+            total = end + 4 + length
+            if len(self.buffer) < total:
+                return
+            self.buffer = self.buffer[total:]
+            method, path = lines[0].split(b" ")[:2]
+            self.answer(method, path, key)
+
+    def answer(self, method: bytes, path: bytes, key: str) -> None:
+        assert self.transport is not None
+        if method == b"POST":
+            self.arrivals.record(key)
+            self.transport.write(_OK)
+            return
+        payload = self.arrivals.first_arrival if path == b"/arrivals" else self.arrivals.stats()
+        body = json.dumps(payload).encode()
+        head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        self.transport.write(head.encode() + body)
+
+
+async def _serve_counting() -> None:
+    """The counting endpoint on a free port; the first line on stdout is ``PORT <n>``."""
+    arrivals = _Arrivals()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: _CountingProtocol(arrivals), "127.0.0.1", 0, backlog=1024)
+    print("PORT", server.sockets[0].getsockname()[1], flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    try:
+        asyncio.run(_serve_counting())
+    except KeyboardInterrupt:
+        sys.exit(0)

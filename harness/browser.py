@@ -11,11 +11,12 @@ import itertools
 import json
 import os
 import subprocess
-import time
 import urllib.request
 from typing import Any
 
 import websocket
+
+from harness.waiting import wait_until
 
 FLAGS = (
     "--headless",
@@ -31,6 +32,8 @@ FLAGS = (
 
 
 class Browser:
+    """Headless Chromium with one page, driven over the DevTools protocol's websocket."""
+
     def __init__(self, executable: str, profile: str, timeout: float = 15) -> None:
         self.timeout = timeout
         self.process = subprocess.Popen(
@@ -38,7 +41,9 @@ class Browser:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        port = self._await(lambda: _read_port(os.path.join(profile, "DevToolsActivePort")), "DevTools port")
+        port = wait_until(
+            lambda: _read_port(os.path.join(profile, "DevToolsActivePort")), timeout, what="the DevTools port"
+        )
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=5) as response:
             page = next(t for t in json.load(response) if t["type"] == "page")
         self.socket = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=timeout)
@@ -81,7 +86,7 @@ class Browser:
         self._await_load()
 
     def await_true(self, expression: str) -> None:
-        self._await(lambda: self.evaluate(expression) or None, expression)
+        wait_until(lambda: self.evaluate(expression), self.timeout, what=expression)
 
     def screenshot(self, path: str) -> None:
         data = self.send("Page.captureScreenshot", format="png", captureBeyondViewport=True)["data"]
@@ -108,21 +113,13 @@ class Browser:
         return message
 
     def _await_load(self) -> None:
-        deadline = time.monotonic() + self.timeout
-        while not self._loaded:
-            if time.monotonic() > deadline:
-                raise TimeoutError("page did not load")
-            self._receive()
+        # Each look reads the next message (recv blocks), so there is nothing to sleep between looks.
+        wait_until(self._loaded_yet, self.timeout, interval=0, what="the page's load event")
 
-    def _await(self, probe, what: str) -> Any:
-        deadline = time.monotonic() + self.timeout
-        while True:
-            value = probe()
-            if value is not None:
-                return value
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"waited too long for {what}")
-            time.sleep(0.05)
+    def _loaded_yet(self) -> bool:
+        if not self._loaded:
+            self._receive()
+        return self._loaded
 
 
 def _read_port(path: str) -> int | None:

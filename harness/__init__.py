@@ -1,0 +1,7 @@
+"""What the tests and the benchmarks stand up and wait for: one module per job.
+
+waiting (the one poller), network (free ports, a TCP relay), processes (the service's processes),
+servers (throwaway PostgreSQL databases and RabbitMQ vhosts), receivers (SMTP, HTTP push and raw
+protocol servers), factories (rows and envelopes), payloads (API request bodies), faults (the figures
+of a fault-injection run), prometheus (reading the text format), browser (headless Chromium).
+"""
