@@ -274,8 +274,8 @@ def test_a_version_5_database_keeps_its_message_numbers_and_passes_in_flight(dat
     n = make()
     with database.connection_context():
         # The database as version 5 left it: the old names, and a pass in flight.
-        database.execute_sql("ALTER TABLE notification RENAME COLUMN message_seq TO message_seq")
-        database.execute_sql("UPDATE notification SET message_seq = 3")
+        database.execute_sql("ALTER TABLE notification RENAME COLUMN message_seq TO dispatch_seq")
+        database.execute_sql("UPDATE notification SET dispatch_seq = 3")
         database.execute_sql("DROP TABLE scheduler_pass")
         database.execute_sql(
             "CREATE TABLE dispatch_pass"
