@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -217,6 +218,8 @@ class ReceivedRequest:
     headers: dict[str, str]
     body: Any  # the parsed JSON, or None when the body was not JSON
     raw: bytes = field(repr=False)
+    #: time.monotonic() once the request was read: how far apart two attempts came.
+    received_at: float
 
 
 class _PushHandler(BaseHTTPRequestHandler):
@@ -377,7 +380,7 @@ class PushReceiver:
         except ValueError:
             body = None
         with self._condition:
-            self.requests.append(ReceivedRequest(path, headers, body, raw))
+            self.requests.append(ReceivedRequest(path, headers, body, raw, time.monotonic()))
             self._condition.notify_all()
             if self._script:
                 return self._script.popleft()
