@@ -15,12 +15,20 @@ import uuid
 for _name in ("BROKER_URL", "CLOUDAMQP_URL", "SMTP_URL", "PUSH_WEBHOOK_URL", "API_KEYS"):
     os.environ.pop(_name, None)
 os.environ.setdefault("OUTBOX_DIR", tempfile.mkdtemp(prefix="outbox-"))
+# The actors read their retry backoff at import: 10 ms for the workers in this process, so that the
+# in-process delivery tests retry in milliseconds. Taken out again once read, so that the service
+# processes tests start keep the default or set their own.
+_THIS_PROCESS_ONLY = {} if "RETRY_DELAY" in os.environ else {"RETRY_DELAY": "0.01"}
+os.environ.update(_THIS_PROCESS_ONLY)
 
 import peewee  # noqa: E402
 import pytest  # noqa: E402
 
 import storage  # noqa: E402
 from api import create_app  # noqa: E402
+
+for _name in _THIS_PROCESS_ONLY:  # settings has read it
+    del os.environ[_name]
 
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 RABBIT_HOST = os.environ.get("TEST_RABBITMQ_HOST", "127.0.0.1")
