@@ -228,6 +228,8 @@ class ReceivedRequest:
     headers: dict[str, str]
     body: Any  # the parsed JSON, or None when the body was not JSON
     raw: bytes = field(repr=False)
+    #: time.monotonic() once the request was read: how far apart two attempts came.
+    received_at: float
 
 
 class _PushHandler(BaseHTTPRequestHandler):
@@ -388,7 +390,7 @@ class PushReceiver:
         except ValueError:
             body = None
         with self._condition:
-            self.requests.append(ReceivedRequest(path, headers, body, raw))
+            self.requests.append(ReceivedRequest(path, headers, body, raw, time.monotonic()))
             self._condition.notify_all()
             if self._script:
                 return self._script.popleft()

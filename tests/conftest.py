@@ -14,6 +14,11 @@ import tempfile
 for _name in ("BROKER_URL", "CLOUDAMQP_URL", "SMTP_URL", "PUSH_WEBHOOK_URL", "API_KEYS"):
     os.environ.pop(_name, None)
 os.environ.setdefault("OUTBOX_DIR", tempfile.mkdtemp(prefix="outbox-"))
+# The actors read their retry backoff at import: 10 ms for the workers in this process, so that the
+# in-process delivery tests retry in milliseconds. Taken out again once read, so that the service
+# processes tests start keep the default or set their own.
+_THIS_PROCESS_ONLY = {} if "RETRY_DELAY" in os.environ else {"RETRY_DELAY": "0.01"}
+os.environ.update(_THIS_PROCESS_ONLY)
 
 import peewee  # noqa: E402
 import pytest  # noqa: E402
@@ -25,6 +30,8 @@ from harness.receivers import PushReceiver, SmtpReceiver  # noqa: E402
 from harness.servers import Servers, required, throwaway_name  # noqa: E402
 
 SERVERS = Servers.from_environment("TEST")
+for _name in _THIS_PROCESS_ONLY:  # settings has read it
+    del os.environ[_name]
 
 
 @pytest.fixture(scope="session")
