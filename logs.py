@@ -7,10 +7,12 @@ so that ``grep notification=<id>`` follows one notification through every proces
 from __future__ import annotations
 
 import atexit
-import collections
 import contextlib
 import contextvars
 import logging
+import logging.handlers
+import os
+import queue
 import select
 import sys
 import threading
@@ -114,109 +116,218 @@ def handler(stream: TextIO) -> logging.StreamHandler:
     return one_line
 
 
-class Pending:
-    """Records waiting for the writer: appended without waking it, as a queue's put would each time."""
+# At most this many records wait for the writing thread; more are dropped, and counted, rather than
+# hold up the thread that logs (a request's) when the stream is slow or stuck.
+QUEUE_BOUND = 10_000
 
-    def __init__(self) -> None:
-        self.records: collections.deque[logging.LogRecord] = collections.deque()
-        self.put_nowait = self.records.append
+# A SimpleQueue rather than a Queue(maxsize): its put and get take no lock written in Python, nor
+# count tasks; Enqueue keeps the bound, under its handler's lock.
+Records = queue.SimpleQueue[logging.LogRecord | None]
 
 
-class Enqueue(logging.Handler):
-    """Leaves each record to the writer, with its context and its message merged with its arguments.
+class LineWriter(logging.StreamHandler):
+    """Gathers formatted lines and writes them in as few writes as fit in ``PIPE_BUF`` bytes each."""
 
-    Unlike ``QueueHandler`` it takes no lock (a deque's append needs none) and does not copy the
-    record: this is the root's one handler, the last to see a record.
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self.setFormatter(OneLineFormatter())
+        self._lines: list[str] = []
+        self._size = 0
+        self._last: logging.LogRecord | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + "\n"
+        except Exception:
+            self.handleError(record)
+            return
+        size = len(line) if line.isascii() else len(line.encode("utf-8", "surrogateescape"))
+        if self._lines and self._size + size > select.PIPE_BUF:
+            self.flush()
+        self._lines.append(line)
+        self._size += size
+        self._last = record
+
+    def flush(self) -> None:
+        # At most PIPE_BUF bytes a write (or one longer line), so that lines written to the same pipe
+        # by other processes, gunicorn's other workers say, never cut into one of these.
+        with self.lock:  # type: ignore[union-attr]
+            if not self._lines:
+                return
+            text, record = "".join(self._lines), self._last
+            self.discard()
+            try:
+                self.stream.write(text)
+                self.stream.flush()
+            except Exception:
+                self.handleError(record)  # type: ignore[arg-type]
+
+    def discard(self) -> None:
+        """Forget the lines gathered and not yet written."""
+        self._lines, self._size, self._last = [], 0, None
+
+
+class Enqueue(logging.handlers.QueueHandler):
+    """Puts each record on the queue with its context, or counts it dropped when ``bound`` are waiting.
+
+    The count is logged, as "N log records dropped", by the first record that finds room again. Once
+    the listener has stopped (at exit), records are written at once instead, by the thread logging.
     """
 
-    def __init__(self, pending: Pending) -> None:
-        super().__init__()
-        self._append = pending.put_nowait
+    def __init__(self, records: Records, bound: int) -> None:
+        super().__init__(records)
+        self.records, self.bound = records, bound  # self.queue, typed
+        # Both below change under the handler's lock, which emit() holds.
+        self.dropped = 0
+        self.direct: LineWriter | None = None
 
-    def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        # The record is not copied, as QueueHandler's prepare does: this is the root's one handler.
         _add_context(record)
         if record.args:
             # Now, while the arguments are what they were when logged.
             record.msg, record.args = record.getMessage(), None
         if record.exc_info:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
+            record.exc_text = _TRACEBACKS.formatException(record.exc_info)
             record.exc_info = None  # keeps no traceback, and the frames it holds, alive
-        self._append(record)
-        return True
+        return record
 
-    def emit(self, record: logging.LogRecord) -> None:
-        self.handle(record)
+    def enqueue(self, record: logging.LogRecord) -> None:
+        if self.direct is not None:
+            self.direct.handle(record)
+            self.direct.flush()
+        # Counted then put under the lock: only the listener, which takes records, runs meanwhile.
+        elif self.records.qsize() + (2 if self.dropped else 1) > self.bound:
+            self.dropped += 1
+        else:
+            if self.dropped:
+                self.records.put_nowait(_dropped(self.dropped))
+                self.dropped = 0
+            self.records.put_nowait(record)
 
 
-class Writer:
-    """A thread that writes the pending records every ``interval`` seconds, in one write.
+_TRACEBACKS = logging.Formatter()
 
-    The API logs two lines per accepted notification; waking a thread and writing once per record
-    cost as much CPU as a sixth of the request.
+
+def _dropped(count: int) -> logging.LogRecord:
+    record = logging.LogRecord(
+        __name__, logging.WARNING, __file__, 0, "%d log records dropped", (count,), None
+    )
+    record.msg, record.args = record.getMessage(), None
+    record.host, record.channel, record.notification = settings.HOSTNAME, "-", "-"
+    return record
+
+
+class Listener(logging.handlers.QueueListener):
+    """The thread that writes the queued records every ``interval`` seconds, in few writes.
+
+    It looks at the queue rather than waiting on it: a record put on a queue that a thread waits on
+    wakes that thread, and a wake-up and a write for each record, two per accepted notification,
+    doubled the CPU a record costs.
     """
 
-    def __init__(self, pending: Pending, target: logging.StreamHandler, interval: float = 0.05) -> None:
-        self.pending, self.target, self.interval = pending, target, interval
+    def __init__(self, records: Records, writer: LineWriter, interval: float = 0.05) -> None:
+        super().__init__(records, writer)
+        self.records, self.writer, self.interval = records, writer, interval  # self.queue, typed
         self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
+
+    def dequeue(self, block: bool) -> logging.LogRecord | None:  # type: ignore[override]
+        while True:
+            try:
+                return self.records.get_nowait()
+            except queue.Empty:
+                self.writer.flush()  # nothing more waiting: write what is gathered, then wait
+                self._stopping.wait(self.interval)
 
     def start(self) -> None:
-        self._thread.start()
+        super().start()
+        if self._thread is not None:
+            self._thread.name = "log-writer"
 
-    def _run(self) -> None:
-        while not self._stopping.wait(self.interval):
-            self.write_pending()
-
-    def write_pending(self) -> None:
-        chunk: list[str] = []
-        size = 0
-        records = self.pending.records
-        while records:
-            record = records.popleft()
-            if not self.target.filter(record):
-                continue
-            line = self.target.format(record) + "\n"
-            length = len(line.encode("utf-8", "surrogateescape"))
-            if chunk and size + length > select.PIPE_BUF:
-                self._write(chunk, record)
-                chunk, size = [], 0
-            chunk.append(line)
-            size += length
-        if chunk:
-            self._write(chunk, record)
-
-    def _write(self, lines: list[str], record: logging.LogRecord) -> None:
-        # At most PIPE_BUF bytes a write (or one longer line), so that lines written to the same pipe
-        # by other processes, gunicorn's other workers say, never cut into one of these.
-        try:
-            self.target.stream.write("".join(lines))
-            self.target.flush()
-        except Exception:
-            self.target.handleError(record)
+    def enqueue_sentinel(self) -> None:
+        self.records.put_nowait(None)  # QueueListener's sentinel, the last record it takes
+        self._stopping.set()
 
     def stop(self) -> None:
-        """Write what is pending and end the thread."""
-        self._stopping.set()
-        if self._thread.is_alive():
-            self._thread.join()
-        self.write_pending()
+        """Write what is queued and end the thread; does nothing if it is not running."""
+        if self._thread is None:
+            return
+        super().stop()
+        self._stopping.clear()
+        self.writer.flush()
+
+    def restart(self, records: Records) -> None:
+        """Start afresh on ``records``, after a fork: the child has a copy of the thread that never runs."""
+        self.queue = self.records = records
+        self._stopping = threading.Event()
+        self.writer.discard()  # the parent writes the lines it had gathered
+        self._thread = None
+        self.start()
 
 
-def configure(stream: TextIO | None = None, *, replace: bool = False) -> Writer | None:
+_active: tuple[Enqueue, Listener] | None = None
+
+
+def configure(
+    stream: TextIO | None = None, *, replace: bool = False, bound: int = QUEUE_BOUND
+) -> Listener | None:
     """Log at ``LOG_LEVEL`` to ``stream`` (stdout), unless logging is set up already and not ``replace``.
 
-    Records are formatted and written by a thread of their own: threads that log only take the
-    context and leave the record, instead of queueing on the stream's lock while it writes.
+    Records wait on a queue of at most ``bound`` for a thread of their own that formats and writes
+    them: threads that log only take the context and queue the record, and never wait on the stream.
     """
     if logging.getLogger().handlers and not replace:
         return None
+    stop()
     # No format here names the caller's file, line or function: skip finding them for every record
     # (the logging HOWTO's "Optimization" section).
     logging._srcfile = None  # type: ignore[attr-defined]
-    pending = Pending()
-    enqueue = Enqueue(pending)
-    writer = Writer(pending, handler(stream or sys.stdout))
-    writer.start()
-    atexit.register(writer.stop)
+    global _active
+    records: Records = queue.SimpleQueue()
+    enqueue, listener = Enqueue(records, bound), Listener(records, LineWriter(stream or sys.stdout))
+    _active = enqueue, listener
+    listener.start()
     logging.basicConfig(level=settings.LOG_LEVEL, handlers=[enqueue], force=replace)
-    return writer
+    return listener
+
+
+def stop() -> None:
+    """Write every queued record and end the writing thread; later records are written as logged.
+
+    Called at exit, and by a Dramatiq worker process as it shuts down: it ends with ``os._exit``,
+    which runs no ``atexit`` function.
+    """
+    if _active is None:
+        return
+    enqueue, listener = _active
+    listener.stop()
+    with enqueue.lock:  # type: ignore[union-attr]
+        # Records queued after the thread's last one (behind its sentinel), then every later record.
+        while True:
+            try:
+                record = listener.records.get_nowait()
+            except queue.Empty:
+                break
+            if record is not None:
+                listener.writer.handle(record)
+        if enqueue.dropped:
+            listener.writer.handle(_dropped(enqueue.dropped))
+            enqueue.dropped = 0
+        listener.writer.flush()
+        enqueue.direct = listener.writer
+
+
+def _after_fork_in_child() -> None:
+    # gunicorn's workers (with --preload) and Dramatiq's processes are forks: each needs its own queue
+    # and a running thread, not the parent's records and a copy of a thread that does not run.
+    if _active is None or _active[0].direct is not None:
+        return
+    enqueue, listener = _active
+    records: Records = queue.SimpleQueue()
+    enqueue.queue = enqueue.records = records
+    enqueue.dropped = 0
+    listener.restart(records)
+
+
+atexit.register(stop)
+os.register_at_fork(after_in_child=_after_fork_in_child)

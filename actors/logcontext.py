@@ -12,7 +12,7 @@ import logs
 
 
 class LogContext(dramatiq.Middleware):
-    """Binds ``notification=<id> channel=<queue>`` for the duration of each message."""
+    """Binds ``notification=<id> channel=<queue>`` for each message; writes what is queued at shutdown."""
 
     def __init__(self) -> None:
         # Keyed by message id: the before and after callbacks of one message run on the same thread.
@@ -32,3 +32,8 @@ class LogContext(dramatiq.Middleware):
             logs.unbind(tokens)
 
     after_skip_message = after_process_message
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        # A Dramatiq worker process ends with os._exit, which runs no atexit function: write the
+        # records still queued now.
+        logs.stop()

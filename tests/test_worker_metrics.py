@@ -1,8 +1,7 @@
-"""Worker processes: heartbeats, delivery metrics counted once, Prometheus ports per channel, log lines."""
+"""Worker processes: heartbeats, delivery metrics counted once, Prometheus ports per channel."""
 
 from __future__ import annotations
 
-import atexit
 import datetime as dt
 import io
 import logging
@@ -12,11 +11,8 @@ import subprocess
 import dramatiq
 import pytest
 
-import logs
-import settings
 from actors import broker, delivery
 from actors.heartbeat import Heartbeat
-from actors.logcontext import LogContext
 from actors.metrics import DeliveryMetrics
 from harness.factories import make
 from harness.network import answers, free_port
@@ -76,30 +72,6 @@ def test_delivery_metrics_count_a_notification_once_with_its_lateness(db):
     assert lateness._sum.get() >= 30
     assert metrics.metrics.failed.labels("push")._value.get() == 0
     assert heartbeat.in_flight == 0
-
-
-def test_log_lines_name_the_host_channel_and_notification_on_one_line():
-    stream = io.StringIO()
-    logger = logging.getLogger("tests.one-line")
-    logger.addHandler(logs.handler(stream))
-    logger.propagate = False
-    message = delivery.deliver_email.message({"f47ac10b-58cc-4372-a567-0e02b2c3d479": 1})
-    context = LogContext()
-    context.before_process_message(broker, message)
-    try:
-        raise ValueError("first line\nsecond line")
-    except ValueError:
-        logger.exception("Delivery went wrong")
-    finally:
-        context.after_process_message(broker, message)
-    logger.warning("after")
-
-    first, second = stream.getvalue().splitlines()
-    assert (
-        f"host={settings.HOSTNAME} channel=email notification=f47ac10b-58cc-4372-a567-0e02b2c3d479" in first
-    )
-    assert "Delivery went wrong | Traceback" in first and "second line" in first
-    assert "channel=- notification=-" in second
 
 
 def await_value(url: str, name: str, timeout: float = 30, **labels: str) -> float:
