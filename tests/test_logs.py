@@ -13,12 +13,13 @@ import threading
 from collections.abc import Callable, Iterator
 
 import pytest
-from tests.processes import ROOT, Service, wait_until
 
 import logs
 import settings
 from actors import broker, delivery
 from actors.logcontext import LogContext
+from harness.processes import ROOT, Service
+from harness.waiting import wait_until
 
 NOTIFICATION = "f47ac10b-58cc-4372-a567-0e02b2c3d479"
 PREFIX = rf"\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d,\d{{3}} \w+ host={re.escape(settings.HOSTNAME)} "

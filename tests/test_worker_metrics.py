@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import io
-import logging
 import socket
 import subprocess
 
@@ -150,96 +148,3 @@ def test_metrics_disabled_opens_no_port(tmp_path, rabbitmq_url):
     finally:
         stop(workers_process)
         storage.db.close()
-
-
-def test_configured_logging_writes_one_prefixed_line_per_record_from_any_thread():
-    import threading
-
-    stream = io.StringIO()
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
-    try:
-        listener = logs.configure(stream, replace=True)
-        logger = logging.getLogger("tests.queued")
-
-        def log_in_context():
-            with logs.context("f47ac10b-58cc-4372-a567-0e02b2c3d479", "push"):
-                try:
-                    raise ValueError("first\nsecond")
-                except ValueError:
-                    logger.exception("Went wrong")
-
-        thread = threading.Thread(target=log_in_context)
-        thread.start()
-        thread.join()
-        logger.warning("plain %s", "argument")
-        listener.stop()  # writes what is queued, then ends its thread
-        atexit.unregister(listener.stop)
-    finally:
-        root.handlers[:], level = saved
-        root.setLevel(level)
-    lines = stream.getvalue().splitlines()
-    assert len(lines) == 2
-    context = "channel=push notification=f47ac10b-58cc-4372-a567-0e02b2c3d479"
-    assert f"{context} tests.queued: Went wrong | Traceback" in lines[0]
-    assert "second" in lines[0]
-    assert lines[1].endswith("tests.queued: plain argument")
-    assert "INFO:" not in stream.getvalue()
-
-
-def test_pending_lines_are_written_whole_a_pipe_buffer_at_most_at_a_time():
-    import select
-
-    class Recording(io.StringIO):
-        def __init__(self) -> None:
-            super().__init__()
-            self.writes: list[str] = []
-
-        def write(self, text: str) -> int:
-            self.writes.append(text)
-            return super().write(text)
-
-    stream = Recording()
-    writer = logs.Writer(logs.Pending(), logs.handler(stream))
-    long_line = "y" * (select.PIPE_BUF + 10)
-    for i, message in enumerate([f"record {i} " + "x" * 200 for i in range(60)] + [long_line, "last"]):
-        writer.pending.put_nowait(logging.makeLogRecord({"msg": message, "name": f"tests.n{i}"}))
-    writer.stop()  # never started: writes what is pending
-    lines = stream.getvalue().splitlines()
-    assert [line.split(": ", 1)[1] for line in lines[:2]] == [f"record {i} " + "x" * 200 for i in range(2)]
-    assert len(lines) == 62 and lines[-2].endswith(long_line) and lines[-1].endswith("last")
-    assert len(stream.writes) > 2 and all(w.endswith("\n") for w in stream.writes)
-    assert all(len(w.encode()) <= select.PIPE_BUF or w.count("\n") == 1 for w in stream.writes)
-
-
-def test_access_lines_are_the_combined_format_with_the_common_prefix(tmp_path):
-    import http.client
-    import re
-
-    service = Service(tmp_path, DATABASE_URL=f"sqlite:///{tmp_path}/access.db", BROKER_URL="")
-    try:
-        port = int(service.start_api().rsplit(":", 1)[1])
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        conn.request(
-            "POST",
-            "/notifications/push?via=test",
-            body=b'{"recipient_id": "r1", "content": "hi"}',
-            headers={"Content-Type": "application/json", "User-Agent": 'agent "7"', "Referer": "http://x/"},
-        )
-        assert conn.getresponse().status == 202
-        conn.close()
-
-        def access_line():
-            lines = [line for line in service.logs().splitlines() if "POST /notifications/push" in line]
-            return lines[0] if lines else None
-
-        line = wait_until(access_line, timeout=10)
-    finally:
-        service.close()
-    prefix = rf"^\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d,\d{{3}} INFO host={re.escape(settings.HOSTNAME)} "
-    combined = (
-        r"channel=- notification=- gunicorn\.access: 127\.0\.0\.1 - - "
-        r"\[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}\] "
-        r'"POST /notifications/push\?via=test HTTP/1\.1" 202 \d+ "http://x/" "agent \\"7\\""$'
-    )
-    assert re.match(prefix + combined, line), line
