@@ -30,6 +30,8 @@ threads = settings.WEB_THREADS
 accesslog = "-"
 errorlog = "/dev/stdout"
 loglevel = settings.LOG_LEVEL.lower()
+# The proxies gunicorn believes for wsgi.url_scheme are those the app believes (api/proxies.py).
+forwarded_allow_ips = ",".join(settings.FORWARDED_ALLOW_IPS)
 
 
 def on_starting(server):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -71,6 +72,23 @@ def _hosts(name: str) -> frozenset[str]:
     return frozenset(h.strip().lower().strip("[]") for h in _env(name, "").split(",") if h.strip())
 
 
+def _addresses(name: str, default: str) -> tuple[str, ...]:
+    """Comma-separated IP addresses or networks, or ``*`` for any, exactly as gunicorn reads the same
+    variable: unset is the default, but set and empty is no address at all."""
+    raw = os.environ.get(name, default).strip()
+    entries = tuple(entry.strip() for entry in raw.split(",") if entry) if raw else ()
+    for entry in entries:
+        if entry == "*":
+            continue
+        try:
+            ipaddress.ip_network(entry)  # strict: 10.0.0.1/8 is refused, as gunicorn refuses it
+        except ValueError:
+            raise SettingsError(
+                f"{name} must be IP addresses or networks separated by commas, or *, got {entry!r}"
+            ) from None
+    return entries
+
+
 _PERIODS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 
 
@@ -136,6 +154,9 @@ API_KEYS: tuple[str, ...] = _api_keys("API_KEYS")
 DASHBOARD_PASSWORD: str = _env("DASHBOARD_PASSWORD", "")
 # Requests per API key (per client address without keys), as (count, window seconds); None is no limit.
 RATE_LIMIT: tuple[int, int] | None = _rate("RATE_LIMIT")
+# The proxies whose X-Forwarded-For and X-Forwarded-Proto are believed (the client's address and
+# scheme); gunicorn reads the same variable for its own wsgi.url_scheme, and gunicorn.conf.py hands it this.
+FORWARDED_ALLOW_IPS: tuple[str, ...] = _addresses("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
 # What a client may send: the whole body, and the push `data` object serialised and nested.
 MAX_REQUEST_BYTES: int = _int(
     "MAX_REQUEST_BYTES", 2 * 1024 * 1024, minimum=16 * 1024, maximum=64 * 1024 * 1024

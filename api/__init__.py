@@ -39,6 +39,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         RATE_LIMIT=settings.RATE_LIMIT,
         MAX_DATA_BYTES=settings.MAX_DATA_BYTES,
         MAX_DATA_DEPTH=settings.MAX_DATA_DEPTH,
+        FORWARDED_ALLOW_IPS=settings.FORWARDED_ALLOW_IPS,
     )
     if test_config:
         app.config.update(test_config)
@@ -46,7 +47,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     storage.init_app(app)
 
-    from api import auth, health, metrics, notifications, prometheus, ratelimit
+    from api import auth, health, metrics, notifications, prometheus, proxies, ratelimit
+
+    proxies.init_app(app)
 
     # Authentication first: the rate limit counts per API key.
     auth.init_app(app)

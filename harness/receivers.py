@@ -407,30 +407,42 @@ class PushReceiver:
 
 
 class RawServer:
-    """Answers each request it reads with the next scripted bytes; a ``None`` entry closes the connection."""
+    """Answers each request with the next scripted bytes; a ``None`` entry closes the connection.
 
-    def __init__(self, *answers: bytes | None) -> None:
-        self.answers = list(answers)
+    Each connection is served by a thread of its own. Once the script is done, a request gets
+    ``then``, or no answer at all, and the connection stays open until the client closes it.
+    """
+
+    def __init__(self, *answers: bytes | None, then: bytes | None = None) -> None:
+        self.answers = deque(answers)
+        self.then = then
         self.requests: list[bytes] = []
+        self.arrivals: list[int] = []  # the connection (1, 2, ...) each request came on
         self.connections = 0
+        self._lock = threading.Lock()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        threading.Thread(target=self._accept, daemon=True).start()
 
-    def _serve(self) -> None:
-        while self.answers:
+    def _accept(self) -> None:
+        while True:
             try:
                 sock, _ = self._listener.accept()
             except OSError:
                 return
-            self.connections += 1
-            with sock:
-                self._answer(sock)
+            with self._lock:
+                self.connections += 1
+                number = self.connections
+            threading.Thread(target=self._serve, args=(sock, number), daemon=True).start()
 
-    def _answer(self, sock: socket.socket) -> None:
+    def _serve(self, sock: socket.socket, number: int) -> None:
+        # The client may close or reset the connection at any point: what it then sees is the test's.
+        with sock, contextlib.suppress(OSError):
+            self._answer(sock, number)
+
+    def _answer(self, sock: socket.socket, number: int) -> None:
         buffer = b""
-        while self.answers:
+        while True:
             while b"\r\n\r\n" not in buffer:
                 data = sock.recv(65536)
                 if not data:
@@ -447,14 +459,22 @@ class RawServer:
             )
             while len(buffer) < length:
                 buffer += sock.recv(65536)
-            self.requests.append(head + b"\r\n\r\n" + buffer[:length])
+            with self._lock:
+                self.requests.append(head + b"\r\n\r\n" + buffer[:length])
+                self.arrivals.append(number)
+                scripted = bool(self.answers)
+                answer = self.answers.popleft() if scripted else self.then
+                # Taken with the answer, so that a request on another connection cannot take it.
+                close_after = answer is not None and bool(self.answers) and self.answers[0] is None
+                if close_after:
+                    self.answers.popleft()
             buffer = buffer[length:]
-            answer = self.answers.pop(0)
             if answer is None:
-                return
+                if scripted:
+                    return
+                continue
             sock.sendall(answer)
-            if self.answers and self.answers[0] is None:
-                self.answers.pop(0)
+            if close_after:
                 return
 
     def close(self) -> None:

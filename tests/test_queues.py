@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import os
+import re
 import uuid
 
 import dramatiq
@@ -71,13 +73,11 @@ def test_dead_letters_are_listed_requeued_one_by_one_and_dropped(rabbit):
     assert queues.stats(rabbit, ["push"])[0].dead == 0
 
 
-@pytest.mark.redis
-def test_official_dramatiq_dashboard_is_mounted_on_a_redis_broker(tmp_path):
+@pytest.fixture
+def redis_broker():
+    """A RedisBroker on a namespace of its own, its keys deleted afterwards."""
     import redis
     from dramatiq.brokers.redis import RedisBroker
-
-    from api import create_app
-    from api.dashboard import dramatiq_dashboard
 
     url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
     try:
@@ -86,22 +86,148 @@ def test_official_dramatiq_dashboard_is_mounted_on_a_redis_broker(tmp_path):
         unavailable("Redis", exc)
     namespace = f"notif-test-{uuid.uuid4().hex[:8]}"
     broker = RedisBroker(url=url, namespace=namespace)
-    try:
-        broker.declare_queue("push")
-        sent = broker.enqueue(message(1))
-        app = create_app(
-            {"TESTING": True, "DATABASE_URL": f"sqlite:///{tmp_path}/api.db", "RUN_WORKERS": False}
-        )
-        assert dramatiq_dashboard.mount(app, broker)
-        client = app.test_client()
+    broker.declare_queue("push")
+    yield broker
+    for key in broker.client.scan_iter(f"{namespace}:*"):
+        broker.client.delete(key)
+    broker.close()
 
-        overview = client.get("/dashboard/dramatiq/")
-        assert overview.status_code == 200 and "push" in overview.text
-        queue = client.get("/dashboard/dramatiq/queues/push/standard").text
-        (nid,) = sent.args[0]
-        assert f"deliver_push({{&#39;{nid}&#39;: 1}})" in queue
-        assert client.get("/dashboard/").status_code == 200  # ours still answers beside it
-    finally:
-        for key in broker.client.scan_iter(f"{namespace}:*"):
-            broker.client.delete(key)
-        broker.close()
+
+def dramatiq_dashboard_client(tmp_path, broker, **config):
+    from api import create_app
+    from api.dashboard import dramatiq_dashboard
+
+    app = create_app(
+        {"TESTING": True, "DATABASE_URL": f"sqlite:///{tmp_path}/api.db", "RUN_WORKERS": False, **config}
+    )
+    assert dramatiq_dashboard.mount(app, broker)
+    return app.test_client()
+
+
+def queued(broker) -> set[str]:
+    """The Redis ids of the messages in the broker's push queue (the dashboard's ids)."""
+    return {key.decode() for key in broker.client.hkeys(f"{broker.namespace}:push.msgs")}
+
+
+def redis_id(sent: dramatiq.Message) -> str:
+    return sent.options["redis_message_id"]
+
+
+@pytest.mark.redis
+def test_official_dramatiq_dashboard_is_mounted_on_a_redis_broker(tmp_path, redis_broker):
+    sent = redis_broker.enqueue(message(1))
+    client = dramatiq_dashboard_client(tmp_path, redis_broker)
+
+    overview = client.get("/dashboard/dramatiq/")
+    assert overview.status_code == 200 and "push" in overview.text
+    queue = client.get("/dashboard/dramatiq/queues/push/standard").text
+    (nid,) = sent.args[0]
+    assert f"deliver_push({{&#39;{nid}&#39;: 1}})" in queue
+    assert client.get("/dashboard/").status_code == 200  # ours still answers beside it
+
+
+KEY = "dashboard-key-0123456789"
+PASSWORD = "dashboard-password"
+CREDENTIALS = {
+    "api-key": {"X-API-Key": KEY},
+    "bearer": {"Authorization": f"Bearer {KEY}"},
+    "password": {"Authorization": "Basic " + base64.b64encode(f"anyone:{PASSWORD}".encode()).decode()},
+}
+WRONG_CREDENTIALS = {
+    "none": {},
+    "wrong-key": {"X-API-Key": "not-the-key"},
+    "wrong-password": {"Authorization": "Basic " + base64.b64encode(b"anyone:guess").decode()},
+}
+# The dramatiq-dashboard's own anti-forgery token, a cookie its forms repeat.
+DD_CSRF = "__dd_csrf"
+DD = "/dashboard/dramatiq"
+
+
+def dd_routes(message_id: str) -> list[tuple[str, str, int]]:
+    """Every route of the dramatiq-dashboard: method, path, and its status for a caller let in."""
+    return [
+        ("GET", DD, 308),  # to DD + "/"
+        ("GET", f"{DD}/", 200),
+        ("GET", f"{DD}/queues/push", 200),
+        ("GET", f"{DD}/queues/push/standard", 200),
+        ("GET", f"{DD}/queues/push/delayed", 200),
+        ("GET", f"{DD}/queues/push/failed", 200),
+        ("GET", f"{DD}/queues/push/standard/{message_id}", 200),
+        ("GET", f"{DD}/delete-message", 405),
+        ("GET", f"{DD}/requeue-message", 405),
+        ("GET", f"{DD}/no-such-page", 404),
+        ("POST", f"{DD}/delete-message", 302),
+        ("POST", f"{DD}/requeue-message", 302),
+    ]
+
+
+def dd_token(page: str) -> str:
+    return re.search(rf'name="{DD_CSRF}" value="([0-9a-f]{{64}})"', page)[1]
+
+
+@pytest.fixture
+def secured(tmp_path, redis_broker):
+    return dramatiq_dashboard_client(tmp_path, redis_broker, API_KEYS=(KEY,), DASHBOARD_PASSWORD=PASSWORD)
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("wrong", WRONG_CREDENTIALS.values(), ids=WRONG_CREDENTIALS.keys())
+def test_every_dramatiq_dashboard_route_is_refused_without_a_key_or_the_password(
+    secured, redis_broker, wrong
+):
+    sent = redis_broker.enqueue(message(1))
+    # What a stranger posts: the action's fields, with a token of their own in cookie and form alike.
+    secured.set_cookie(DD_CSRF, "a" * 64, path="/")
+    form = {"queue": "push", "id": redis_id(sent), DD_CSRF: "a" * 64}
+
+    for method, path, _status in dd_routes(redis_id(sent)):
+        response = secured.open(path, method=method, headers=wrong, data=form if method == "POST" else None)
+
+        assert response.status_code == 401, (method, path)
+        assert response.headers["WWW-Authenticate"] == 'Basic realm="dashboard", Bearer'
+        assert "push" not in response.text
+    assert queued(redis_broker) == {redis_id(sent)}  # neither deleted nor requeued
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("credentials", CREDENTIALS.values(), ids=CREDENTIALS.keys())
+def test_every_dramatiq_dashboard_route_answers_a_key_or_the_password(secured, redis_broker, credentials):
+    deleted, requeued = redis_broker.enqueue(message(1)), redis_broker.enqueue(message(2))
+
+    for method, path, status in dd_routes(redis_id(deleted)):
+        data = None
+        if method == "POST":
+            page = secured.get(f"{DD}/queues/push/standard", headers=credentials).text
+            target = deleted if path.endswith("delete-message") else requeued
+            data = {"queue": "push", "id": redis_id(target), DD_CSRF: dd_token(page)}
+        response = secured.open(path, method=method, headers=credentials, data=data)
+
+        assert response.status_code == status, (method, path)
+    (again,) = queued(redis_broker)  # one deleted; the other requeued as a new message
+    assert again not in (redis_id(deleted), redis_id(requeued))
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_dramatiq_dashboard_token_is_a_strict_same_site_cookie(secured, redis_broker, scheme):
+    """Like /dashboard's: a cross-site form does not send it, so its POST is refused."""
+    sent = redis_broker.enqueue(message(1))
+    page = secured.get(
+        f"{DD}/queues/push/standard", headers=CREDENTIALS["password"], base_url=f"{scheme}://h"
+    )
+
+    cookie = page.headers["Set-Cookie"]
+    assert cookie.startswith(f"{DD_CSRF}={dd_token(page.text)};")
+    attributes = {part.strip().lower() for part in cookie.split(";")[1:]}
+    assert {"httponly", "samesite=strict", f"path={DD}"} <= attributes
+    assert ("secure" in attributes) == (scheme == "https")
+
+    # A cross-site form: the browser sends the password with it, but not the strict cookie.
+    forged = secured.application.test_client().post(
+        f"{DD}/delete-message",
+        headers=CREDENTIALS["password"],
+        data={"queue": "push", "id": redis_id(sent), DD_CSRF: dd_token(page.text)},
+        base_url=f"{scheme}://h",
+    )
+    assert forged.status_code == 403
+    assert queued(redis_broker) == {redis_id(sent)}

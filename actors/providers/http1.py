@@ -2,12 +2,14 @@
 
 ``http.client`` builds each request header by header and parses each response's headers with the
 ``email`` package: about 220 µs of CPU per request on a small machine, more than everything else a
-push delivery costs. This writes the request in one piece and reads only the status line and the
-headers that decide how the body ends and whether the connection can be kept (RFC 9112).
+push delivery costs. This writes the request in one piece and reads the answer strictly (RFC 9112):
+an answer it cannot frame beyond doubt, or one that asks for more than it will read, is a
+``ProtocolError`` and the connection is closed, never reused, whatever was read of it.
 """
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 from dataclasses import dataclass
@@ -16,6 +18,32 @@ from typing import BinaryIO
 # Generous for a webhook's answer; a server sending more is not one.
 _MAX_LINE = 8192
 _MAX_HEADERS = 100
+# Everything of one answer but its body's own bytes: status lines, headers, chunk-size lines and
+# the CRLF after each chunk, trailers. With max_body, the most read for one request.
+_MAX_FRAMING = 64 * 1024
+# More digits than this is more than any body (and than int() takes in decimal, past 4300).
+_MAX_LENGTH_DIGITS = 18
+
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+# HTTP/1.0 or 1.1, a status code from 100 to 599, a reason of visible characters (which may be
+# missing); CRLF only: a bare LF or CR is where two readers of one stream start to disagree.
+_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-5][0-9][0-9])(?: [\t\x20-\x7e\x80-\xff]*)?\r\n")
+# A name with no space before the colon, no line folding (a line that starts with a space), no
+# control character in the value.
+_FIELD_LINE = re.compile(rb"(" + _TOKEN + rb"):([\t\x20-\x7e\x80-\xff]*)\r\n")
+# Hex digits only (no sign, no 0x, no space before them), and chunk extensions, which are ignored.
+_CHUNK_LINE = re.compile(
+    rb"([0-9A-Fa-f]+)(?:[\t ]*;[\t ]*"
+    + _TOKEN
+    + rb"(?:[\t ]*=[\t ]*(?:"
+    + _TOKEN
+    + rb"|"
+    + _QUOTED
+    + rb"))?)*\r\n"
+)
+_DIGITS = re.compile(r"[0-9]+")
+_CHUNKED = -1  # what _body_length says of a chunked body
 
 
 class ProtocolError(OSError):
@@ -29,7 +57,7 @@ class ConnectionClosed(ProtocolError):
 @dataclass(frozen=True)
 class Response:
     status: int
-    headers: dict[str, str]  # names in lower case; a repeated header keeps its last value
+    headers: dict[str, str]  # names in lower case; a repeated header's values joined by ", "
     body: bytes
 
 
@@ -42,6 +70,7 @@ class Connection:
         self.host, self.port, self.timeout, self.ssl_context = host, port, timeout, ssl_context
         self._sock: socket.socket | None = None
         self._reader: BinaryIO | None = None
+        self._framing = 0  # bytes of framing the answer being read may still take
 
     @property
     def is_open(self) -> bool:
@@ -51,12 +80,17 @@ class Connection:
         """Send ``head`` (request line and headers, ending in a blank line) and ``body``; read the answer.
 
         At most ``max_body`` bytes of the answer's body are read; a longer body closes the connection.
+        Any error closes it too: what is left of the answer on it can be read by nothing.
         """
-        if self._sock is None:
-            self._open()
-        assert self._sock is not None
-        self._sock.sendall(head + body)
-        response, keep = self._read_response(max_body)
+        try:
+            if self._sock is None:
+                self._open()
+            assert self._sock is not None
+            self._sock.sendall(head + body)
+            response, keep = self._read_response(max_body)
+        except BaseException:
+            self.close()
+            raise
         if not keep:
             self.close()
         return response
@@ -83,76 +117,128 @@ class Connection:
         self._sock, self._reader = sock, sock.makefile("rb")
 
     def _line(self) -> bytes:
+        """The next line with its line end; shorter, or empty, where the connection closed."""
         assert self._reader is not None
-        line = self._reader.readline(_MAX_LINE + 1)
-        if len(line) > _MAX_LINE:
-            raise ProtocolError("response line too long")
+        framing = self._framing
+        limit = _MAX_LINE if framing > _MAX_LINE else framing
+        line = self._reader.readline(limit + 1)
+        self._framing = framing - len(line)
+        if len(line) > limit:
+            raise ProtocolError("response line too long" if limit == _MAX_LINE else "response too long")
         return line
 
+    def _exactly(self, size: int, what: str) -> bytes:
+        assert self._reader is not None
+        data = self._reader.read(size)
+        if len(data) != size:
+            raise ProtocolError(f"the connection closed in the {what}")
+        return data
+
     def _read_response(self, max_body: int) -> tuple[Response, bool]:
+        self._framing = _MAX_FRAMING
+        line = self._line()
+        if not line:
+            raise ConnectionClosed("the server closed the connection without answering")
         while True:
-            line = self._line()
-            if not line:
-                raise ConnectionClosed("the server closed the connection without answering")
-            version, _, rest = line.partition(b" ")
-            code = rest[:3]
-            if not version.startswith(b"HTTP/1.") or len(code) != 3 or not code.isdigit():
+            status_line = _STATUS_LINE.fullmatch(line)
+            if status_line is None:
                 raise ProtocolError(f"not an HTTP/1.x status line: {line[:80]!r}")
-            status = int(code)
-            headers = self._headers()
-            if status >= 200 or status == 101:
+            status = int(status_line[2])
+            if status == 101:
+                # Switching to a protocol that is not HTTP: nothing after this can be read as an answer.
+                raise ProtocolError("the server switched protocols (101) without being asked to")
+            headers = self._headers("response headers")
+            if status >= 200:
                 break
-            # 1xx (100 Continue, 103 Early Hints) come before the real answer, and carry no body.
-        keep = version == b"HTTP/1.1" and "close" not in headers.get("connection", "").lower()
-        if status in (204, 304) or 100 <= status < 200:
+            # 100 Continue, 103 Early Hints, ...: interim answers without a body, before the real one
+            # (RFC 9110 15.2); their number is bounded by the framing they take.
+            line = self._line()
+        keep = status_line[1] == b"1" and (
+            "connection" not in headers or "close" not in _tokens(headers["connection"])
+        )
+        length = _body_length(headers)
+        if status in (204, 304):
             return Response(status, headers, b""), keep
-        if "chunked" in headers.get("transfer-encoding", "").lower():
+        if length == _CHUNKED:
             body, complete = self._chunked(max_body)
-        elif "content-length" in headers:
-            try:
-                length = int(headers["content-length"])
-            except ValueError:
-                raise ProtocolError("bad Content-Length") from None
-            body = self._read(min(length, max_body))
-            complete = len(body) == length
+        elif length is not None:
+            body = self._exactly(min(length, max_body), "body")
+            complete = length <= max_body
         else:
-            # Delimited by the server closing the connection.
-            body, complete = self._read(max_body), False
+            # Delimited by the server closing the connection; reading stops at max_body regardless.
+            assert self._reader is not None
+            body, complete = self._reader.read(max_body), False
         return Response(status, headers, body), keep and complete
 
-    def _headers(self) -> dict[str, str]:
+    def _headers(self, what: str) -> dict[str, str]:
         headers: dict[str, str] = {}
-        for _ in range(_MAX_HEADERS):
-            line = self._line()
-            if line in (b"\r\n", b"\n"):
-                return headers
-            if not line:
-                raise ConnectionClosed("the connection closed in the response headers")
-            name, sep, value = line.partition(b":")
-            if sep:
-                headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
-        raise ProtocolError("too many response headers")
-
-    def _read(self, size: int) -> bytes:
-        assert self._reader is not None
-        return self._reader.read(size)
+        count = 0
+        while (line := self._line()) != b"\r\n":
+            field = _FIELD_LINE.fullmatch(line)
+            if field is None:
+                if not line.endswith(b"\n"):
+                    raise ProtocolError(f"the connection closed in the {what}")
+                raise ProtocolError(f"malformed line in the {what}: {line[:80]!r}")
+            if count == _MAX_HEADERS:
+                raise ProtocolError(f"too many {what}")
+            count += 1
+            name = field[1].decode("ascii").lower()
+            value = field[2].strip(b"\t ").decode("latin-1")
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        return headers
 
     def _chunked(self, max_body: int) -> tuple[bytes, bool]:
         parts: list[bytes] = []
         size = 0
         while True:
-            line = self._line().split(b";", 1)[0].strip()
-            try:
-                chunk = int(line, 16)
-            except ValueError:
-                raise ProtocolError("bad chunk size") from None
+            line = self._line()
+            chunk_line = _CHUNK_LINE.fullmatch(line)
+            if chunk_line is None:
+                if not line.endswith(b"\n"):
+                    raise ProtocolError("the connection closed in the body")
+                raise ProtocolError(f"bad chunk size line: {line[:80]!r}")
+            chunk = int(chunk_line[1], 16)
             if chunk == 0:
-                while self._line() not in (b"\r\n", b"\n", b""):  # trailers
-                    pass
-                return b"".join(parts), True
-            if size + chunk > max_body:
-                parts.append(self._read(max_body - size))
+                break
+            if chunk > max_body - size:
+                parts.append(self._exactly(max_body - size, "body"))
                 return b"".join(parts), False
-            parts.append(self._read(chunk))
+            parts.append(self._exactly(chunk, "body"))
             size += chunk
-            self._line()  # the CRLF after the chunk
+            if self._framing < 2:
+                raise ProtocolError("response too long")
+            self._framing -= 2
+            if self._exactly(2, "body") != b"\r\n":
+                raise ProtocolError("a chunk is not followed by CRLF")
+        self._headers("trailers")
+        return b"".join(parts), True
+
+
+def _tokens(value: str) -> set[str]:
+    return {token.strip().lower() for token in value.split(",")}
+
+
+def _body_length(headers: dict[str, str]) -> int | None:
+    """The Content-Length, ``_CHUNKED``, or None for a body that ends with the connection.
+
+    Anything a second reader of the same bytes could frame otherwise is refused: both headers,
+    a coding other than chunked alone, a length that is not decimal digits or lengths that differ.
+    """
+    coding, length = headers.get("transfer-encoding"), headers.get("content-length")
+    if coding is not None:
+        if length is not None:
+            raise ProtocolError("both Transfer-Encoding and Content-Length")
+        if coding.lower() != "chunked":
+            raise ProtocolError(f"unsupported Transfer-Encoding: {coding[:80]!r}")
+        return _CHUNKED
+    if length is None:
+        return None
+    if length.isdigit() and length.isascii() and len(length) <= _MAX_LENGTH_DIGITS:
+        return int(length)  # the usual one value, needing none of the checks below
+    values = {value.strip() for value in length.split(",")}
+    if len(values) != 1:
+        raise ProtocolError(f"differing Content-Length values: {length[:80]!r}")
+    (value,) = values
+    if not _DIGITS.fullmatch(value) or len(value) > _MAX_LENGTH_DIGITS:
+        raise ProtocolError(f"bad Content-Length: {length[:80]!r}")
+    return int(value)
