@@ -142,7 +142,10 @@ class _HttpService(_Recorder):
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name=type(self).__name__)
+        # A short poll makes stop() quick: shutdown() waits for the loop's next look.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name=type(self).__name__
+        )
         self._thread.start()
         return self
 

@@ -233,7 +233,7 @@ class _GuardedAdapter(requests.adapters.HTTPAdapter):
 
 
 def guarded_session(allowlist: frozenset[str]) -> requests.Session:
-    """A session that reaches only public addresses, or the hosts in ``allowlist``, and reads no environment."""
+    """A session reaching only public addresses or the hosts in ``allowlist``; it reads no environment."""
     session = requests.Session()
     # No proxy, .netrc or CA bundle from the environment: a proxy would hide the peer checked above,
     # and .netrc would hand credentials to whatever host a client named.
@@ -260,9 +260,12 @@ def load_vapid_key(path: str) -> Vapid02:
         return key
 
 
-def vapid_public_key() -> str:
-    """The VAPID public key as browsers take it for ``applicationServerKey``: base64url, uncompressed."""
-    point = load_vapid_key(settings.VAPID_PRIVATE_KEY_FILE).public_key.public_bytes(
+def vapid_public_key(key_file: str | None = None) -> str:
+    """The VAPID public key as browsers take it for ``applicationServerKey``: base64url, uncompressed.
+
+    Of ``VAPID_PRIVATE_KEY_FILE`` unless ``key_file`` names another; the key is created if missing.
+    """
+    point = load_vapid_key(key_file or settings.VAPID_PRIVATE_KEY_FILE).public_key.public_bytes(
         serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
     )
     return base64.urlsafe_b64encode(point).rstrip(b"=").decode()
