@@ -8,7 +8,6 @@ Whether an error is worth retrying is decided once, by its type (see ``base``).
 from __future__ import annotations
 
 import settings
-from actors.providers.apns import ApnsSender
 from actors.providers.base import (
     DeliveryError,
     Device,
@@ -21,11 +20,9 @@ from actors.providers.base import (
     PushMessage,
     TransientDeliveryError,
 )
-from actors.providers.fcm import FcmSender
 from actors.providers.outbox import JsonLinesOutbox, MaildirOutbox
 from actors.providers.smtp import SmtpProvider
 from actors.providers.webhook import WebhookProvider
-from actors.providers.webpush import WebPushSender
 
 __all__ = [
     "DeliveryError",
@@ -94,7 +91,12 @@ def sender_for(kind: str) -> DeviceSender:
     missing = missing_settings(kind)
     if missing:
         raise NotConfigured(f"{kind} devices cannot be sent to: set {', '.join(missing)}")
+    # Imported here, not above: each sender's libraries (requests, google-auth, httpx and h2, about
+    # 20 MB with cryptography) are loaded only by processes that send to that kind of device, not by
+    # every process that imports the providers (the API, the email workers).
     if kind in ("webpush", "unifiedpush"):
+        from actors.providers.webpush import WebPushSender
+
         sender = WebPushSender(
             kind,
             key_file=settings.VAPID_PRIVATE_KEY_FILE,
@@ -103,6 +105,8 @@ def sender_for(kind: str) -> DeviceSender:
             timeout=settings.PUSH_TIMEOUT,
         )
     elif kind == "fcm":
+        from actors.providers.fcm import FcmSender
+
         sender = FcmSender(
             credentials_file=settings.FCM_CREDENTIALS_FILE,
             project_id=settings.FCM_PROJECT_ID,
@@ -110,6 +114,8 @@ def sender_for(kind: str) -> DeviceSender:
             timeout=settings.PUSH_TIMEOUT,
         )
     else:
+        from actors.providers.apns import ApnsSender
+
         sender = ApnsSender(
             key_file=settings.APNS_KEY_FILE,
             key_id=settings.APNS_KEY_ID,
