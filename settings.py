@@ -89,6 +89,22 @@ def _addresses(name: str, default: str) -> tuple[str, ...]:
     return entries
 
 
+def _file(name: str) -> str:
+    """A path to a file that must exist when set; empty means unset."""
+    value = _env(name, "")
+    if value and not os.path.isfile(value):
+        raise SettingsError(f"{name} names no readable file: {value!r}")
+    return value
+
+
+def _vapid_subject(name: str, default: str) -> str:
+    """A ``mailto:`` address or an ``https://`` URL: how a push service can reach the sender (RFC 8292)."""
+    value = _env(name, default)
+    if not re.fullmatch(r"mailto:[^@\s]+@[^@\s]+|https://[^/\s]+(/\S*)?", value, re.IGNORECASE):
+        raise SettingsError(f"{name} must be a mailto: address or an https:// URL, got {value!r}")
+    return value
+
+
 _PERIODS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 
 
@@ -174,6 +190,24 @@ WORKER_THREADS: int = _int("WORKER_THREADS", 8, minimum=1, maximum=256)
 # Hosts a client-given URL (a push endpoint) may name although they are not public addresses; one
 # listed may also be reached over http://. Compared with the host as written: localhost is not 127.0.0.1.
 PUSH_ENDPOINT_ALLOWLIST: frozenset[str] = _hosts("PUSH_ENDPOINT_ALLOWLIST")
+
+# Push to devices. Web Push (and UnifiedPush) signs with this VAPID key, created on first use when
+# missing; workers on several hosts must share one file, since subscriptions are bound to the key.
+VAPID_PRIVATE_KEY_FILE: str = _env("VAPID_PRIVATE_KEY_FILE", "var/vapid_private.pem")
+VAPID_SUBJECT: str = _vapid_subject("VAPID_SUBJECT", "mailto:" + EMAIL_FROM)
+# FCM HTTP v1: a Google service-account JSON; the project defaults to the file's project_id.
+FCM_CREDENTIALS_FILE: str = _file("FCM_CREDENTIALS_FILE")
+FCM_PROJECT_ID: str = _env("FCM_PROJECT_ID", "")
+FCM_URL: str = _url("FCM_URL", "https://fcm.googleapis.com", ("http", "https")).rstrip("/")
+# APNs, token-based: the .p8 key, its key id, the team id, and the app's bundle id as topic.
+APNS_KEY_FILE: str = _file("APNS_KEY_FILE")
+APNS_KEY_ID: str = _env("APNS_KEY_ID", "")
+APNS_TEAM_ID: str = _env("APNS_TEAM_ID", "")
+APNS_TOPIC: str = _env("APNS_TOPIC", "")
+APNS_URL: str = _url("APNS_URL", "https://api.push.apple.com", ("https",)).rstrip("/")
+APNS_SANDBOX_URL: str = _url("APNS_SANDBOX_URL", "https://api.sandbox.push.apple.com", ("https",)).rstrip("/")
+# CA certificates trusted besides the system's, for a private APNs gateway.
+APNS_CA_FILE: str = _file("APNS_CA_FILE")
 
 METRICS_ENABLED: bool = _bool("METRICS_ENABLED", True)
 # Where gunicorn's workers keep the API's Prometheus metrics so that any of them can report the sum

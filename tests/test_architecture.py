@@ -88,8 +88,17 @@ def test_the_cycle_finder_finds_a_cycle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [{"a", "b", "c"}]
 
 
+# Loaded on first use for a measured reason, not to hide a cycle: each device sender's libraries
+# cost about 20 MB in every process that imports the providers but never sends to that kind.
+LAZY = {"actors.providers": {"actors.providers.webpush", "actors.providers.fcm", "actors.providers.apns"}}
+
+
 def test_no_project_import_hides_inside_a_function():
-    hidden = {name: sorted(found) for name, tree in MODULES.items() if (found := _imports(tree, nested=True))}
+    hidden = {
+        name: sorted(found)
+        for name, tree in MODULES.items()
+        if (found := _imports(tree, nested=True) - LAZY.get(name, set()))
+    }
     assert hidden == {}
 
 
