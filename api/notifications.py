@@ -14,9 +14,8 @@ import logs
 import settings
 from actors import scheduler
 from api import prometheus
+from api.delivery_time import plan_delivery
 from api.idempotency import idempotent
-from api.limits import JsonParser
-from api.scheduling import plan_delivery
 from api.schemas import (
     AcceptedResponse,
     ActionResponse,
@@ -28,6 +27,7 @@ from api.schemas import (
     NotificationSchema,
     PushRequest,
 )
+from api.validation import JsonParser
 from storage import ingest, queries, transitions
 from storage.clock import to_db
 

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo, available_timezones
 from marshmallow import Schema, ValidationError, fields, post_load, validate, validates
 
 import settings
-from api.limits import Text, bounded_json, encodable, printable
+from api.validation import Text, bounded_json, encodable, printable
 from storage.clock import from_db
 from storage.models import CHANNELS, STATUSES, Notification
 
