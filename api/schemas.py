@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from typing import TypeGuard
+from collections.abc import Mapping
+from typing import Any, TypeGuard
 from zoneinfo import ZoneInfo, available_timezones
 
+from apispec.ext.marshmallow.field_converter import FieldConverterMixin
+from flask import current_app
 from marshmallow import Schema, ValidationError, fields, post_load, validate, validates
 
-import settings
 from api.validation import Text, bounded_json, encodable, printable
 from storage.clock import from_db
 from storage.models import CHANNELS, STATUSES, Notification
@@ -17,6 +19,18 @@ from storage.models import CHANNELS, STATUSES, Notification
 MAX_CONTENT = 10_000
 # Far enough for any real schedule, near enough that date arithmetic cannot overflow.
 MAX_SCHEDULE_AHEAD = dt.timedelta(days=3660)
+# A field's description that names configured limits, as ``{MAX_DATA_BYTES}`` (see document_limits).
+LIMITS_DOC = "limits_description"
+
+
+def document_limits(converter: FieldConverterMixin, config: Mapping[str, Any]) -> None:
+    """Make an app's OpenAPI spec state the limits in ``config`` where a field's LIMITS_DOC names one."""
+
+    def configured_limits(self: FieldConverterMixin, field: fields.Field, **_kwargs: Any) -> dict[str, str]:
+        template = field.metadata.get(LIMITS_DOC)
+        return {} if template is None else {"description": template.format_map(config)}
+
+    converter.add_attribute_function(configured_limits)
 
 
 @functools.cache
@@ -37,7 +51,7 @@ class TimezoneField(fields.String):
 class NotificationRequest(Schema):
     recipient_id = Text(required=True, validate=[validate.Length(min=1, max=255), printable])
     content = Text(required=True, validate=validate.Length(min=1, max=MAX_CONTENT))
-    timezone = TimezoneField(load_default=lambda: ZoneInfo(settings.DEFAULT_TIMEZONE))
+    timezone = TimezoneField(load_default=lambda: ZoneInfo(current_app.config["DEFAULT_TIMEZONE"]))
     scheduled_time = fields.DateTime(
         load_default=None,
         metadata={"description": "ISO 8601; without an offset, a wall-clock time in `timezone`"},
@@ -70,8 +84,8 @@ class PushRequest(NotificationRequest):
         load_default=None,
         validate=bounded_json,
         metadata={
-            "description": f"a JSON object of at most {settings.MAX_DATA_BYTES} bytes, "
-            f"nested at most {settings.MAX_DATA_DEPTH} levels"
+            LIMITS_DOC: "a JSON object of at most {MAX_DATA_BYTES} bytes, "
+            "nested at most {MAX_DATA_DEPTH} levels"
         },
     )
 
@@ -118,7 +132,7 @@ def plain_push(body: dict) -> dict | None:
         return None
     if not _plain_text(content, 1, MAX_CONTENT):
         return None
-    zone = body.get("timezone", settings.DEFAULT_TIMEZONE)
+    zone = body["timezone"] if "timezone" in body else current_app.config["DEFAULT_TIMEZONE"]
     if type(zone) is not str or zone not in _zones():
         return None
     scheduled_time = body.get("scheduled_time")

@@ -11,7 +11,7 @@ from flask import redirect, request, url_for
 import logs
 import settings
 from actors import broker, queues, scheduler
-from api.dashboard import blp
+from api.dashboard.blueprint import blp
 from storage import queries, transitions
 from storage.models import Notification
 

@@ -8,12 +8,12 @@ from collections import defaultdict
 
 import peewee
 import pika.exceptions
-from flask import abort, render_template, request
+from flask import abort, current_app, render_template, request
 
 import actors
-import settings
 from actors import queues
-from api.dashboard import blp, charts
+from api.dashboard import charts
+from api.dashboard.blueprint import blp
 from storage import metrics, queries, workers
 from storage.clock import utcnow
 from storage.models import CHANNELS, FAILED, PENDING, PROCESSING
@@ -58,7 +58,7 @@ def overview():
         broker_kind="redis" if actors.REDIS else "embedded" if actors.EMBEDDED else "rabbitmq",
         outlook=metrics.schedule_outlook(now),
         workers=workers.hosts(),
-        stale_after=dt.timedelta(seconds=3 * settings.WORKER_HEARTBEAT_INTERVAL),
+        stale_after=dt.timedelta(seconds=3 * current_app.config["WORKER_HEARTBEAT_INTERVAL"]),
         charts=_timeline(now),
         statuses=charts.STATUS_ORDER,
     )
