@@ -10,7 +10,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
 from api import usecases
-from api.idempotency import idempotent
+from api.idempotency import idempotent, request_key
 from api.schemas import (
     AcceptedResponse,
     ActionResponse,
@@ -50,7 +50,7 @@ def _answer(use_case: Callable[[UUID], Result], notification_id: UUID) -> Result
 def _scheduled(channel: str, fields: dict[str, Any]) -> dict[str, Any]:
     return {
         "status": "success",
-        "notification_id": usecases.accept(channel, fields),
+        "notification_id": usecases.accept(channel, fields, request_key()),
         "message": f"{channel.capitalize()} notification scheduled",
     }
 
@@ -85,7 +85,7 @@ class NotificationBatch(MethodView):
     @blp.alt_response(413, response="REQUEST_ENTITY_TOO_LARGE")
     def post(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Schedule up to 1000 notifications at once, all or none"""
-        ids = usecases.accept_batch(batch["notifications"])
+        ids = usecases.accept_batch(batch["notifications"], request_key())
         return {
             "status": "success",
             "count": len(ids),

@@ -2,7 +2,8 @@
 
 The API's views and the dashboard's actions both call these, and translate what they raise
 (``NotificationNotFound``, ``TransitionConflict``) for their own kind of answer. The dashboard's
-"retry" of a failed notification is ``force``.
+"retry" of a failed notification is ``force``. Accepting for an idempotent request stores its
+notifications under ids derived from its key, once, whichever attempt gets that far.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import logs
 from actors import scheduler
 from api import prometheus
 from api.delivery_time import plan_delivery
-from storage import ingest, transitions
+from api.idempotency import RequestKey
+from storage import ingest, queries, transitions
 from storage.clock import to_db
 from storage.models import Notification
 
@@ -38,21 +40,31 @@ class Outcome:
     message_id: str | None
 
 
-def accept(channel: str, fields: dict[str, Any]) -> str:
+def accept(channel: str, fields: dict[str, Any], key: RequestKey | None = None) -> str:
     """Store a validated push or email request as a Pending notification; return its id."""
+    ids = None
+    if key is not None:
+        ids, stored = _ids_for(key, 1)
+        if stored:
+            return ids[0]
     now = dt.datetime.now(dt.UTC)
     row = _row(channel, fields, now)
-    (notification_id,) = _store([row], batch=False)
+    (notification_id,) = _store([row], ids, batch=False)
     with logs.context(notification_id, channel):
         logger.info("Accepted, due %s", row["due_at"].isoformat())
     return notification_id
 
 
-def accept_batch(items: list[dict[str, Any]]) -> list[str]:
+def accept_batch(items: list[dict[str, Any]], key: RequestKey | None = None) -> list[str]:
     """Store validated requests, each with its ``channel``, all or none; return their ids in order."""
+    ids = None
+    if key is not None:
+        ids, stored = _ids_for(key, len(items))
+        if stored:
+            return ids
     now = dt.datetime.now(dt.UTC)
     rows = [_row(item.pop("channel"), item, now) for item in items]
-    ids = _store(rows, batch=True)
+    ids = _store(rows, ids, batch=True)
     logger.info("Accepted a batch of %d", len(ids))
     return ids
 
@@ -95,18 +107,37 @@ def _row(channel: str, fields: dict[str, Any], now: dt.datetime) -> dict[str, An
     }
 
 
-def _store(rows: list[dict[str, Any]], *, batch: bool) -> list[str]:
-    """Store accepted rows; wake the schedulers if one falls due soon.
+def _ids_for(key: RequestKey, count: int) -> tuple[list[str], bool]:
+    """The ids to store an idempotent request's ``count`` notifications under, and whether they are.
+
+    The first generation of the key's ids that no notification has, or that the attempt this one
+    resumes stored before it died; a batch is stored all or none, so its first id tells.
+    """
+    generation = 0
+    while True:
+        ids = key.notification_ids(generation, count)
+        try:
+            created_at = queries.get(ids[0]).created_at
+        except queries.NotificationNotFound:
+            return ids, False
+        if key.resumed_since is not None and created_at >= to_db(key.resumed_since):
+            logger.info("Accepted %d already, by an attempt that died before answering", count)
+            return ids, True
+        generation += 1
+
+
+def _store(rows: list[dict[str, Any]], ids: list[str] | None, *, batch: bool) -> list[str]:
+    """Store accepted rows, under ``ids`` if given; wake the schedulers if one falls due soon.
 
     A batch is stored all or none, in a transaction of its own; a single row commits together with
     those other threads of this process store at the same time (see ingest.create).
     """
     host = current_app.config["HOSTNAME"]
     if batch:
-        ids = ingest.create_many(rows, host=host)
+        ids = ingest.create_many(rows, host=host, ids=ids)
     else:
         (row,) = rows
-        ids = [ingest.create(host=host, **row)]
+        ids = [ingest.create(host=host, id=ids[0] if ids else None, **row)]
     scheduler.wake(row["due_at"] for row in rows)
     for channel, count in Counter(row["channel"] for row in rows).items():
         prometheus.ACCEPTED_BY_CHANNEL[channel].inc(count)
