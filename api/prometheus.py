@@ -22,11 +22,11 @@ from storage.models import CHANNELS, FAILED, PENDING, PROCESSING
 
 PATH = "/metrics/prometheus"
 
-ACCEPTED = prom.Counter(
+ACCEPTED_NOTIFICATIONS = prom.Counter(
     "notifications_accepted", "Notifications accepted by the API.", ["channel"], registry=None
 )
 # Each channel's child, made once (present at 0 from the start, so rate() sees the first one).
-ACCEPTED_BY_CHANNEL = {channel: ACCEPTED.labels(channel) for channel in CHANNELS}
+ACCEPTED_BY_CHANNEL = {channel: ACCEPTED_NOTIFICATIONS.labels(channel) for channel in CHANNELS}
 
 
 # The statuses a notification waits in. Delivered and cancelled ones only pile up: counting them at
@@ -67,7 +67,7 @@ def init_app(app: Flask, *extra: Collector) -> None:
         return registry
 
     if not multiprocess:
-        for collector in (ACCEPTED, by_status, *extra):
+        for collector in (ACCEPTED_NOTIFICATIONS, by_status, *extra):
             registry.register(collector)
 
     @app.get(PATH)
