@@ -116,9 +116,8 @@ def _ids_for(key: RequestKey, count: int) -> tuple[list[str], bool]:
     generation = 0
     while True:
         ids = key.notification_ids(generation, count)
-        try:
-            created_at = queries.get(ids[0]).created_at
-        except queries.NotificationNotFound:
+        created_at = queries.created_at(ids[0])
+        if created_at is None:
             return ids, False
         if key.resumed_since is not None and created_at >= to_db(key.resumed_since):
             logger.info("Accepted %d already, by an attempt that died before answering", count)

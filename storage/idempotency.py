@@ -38,6 +38,9 @@ def claim(client: str, key: str, request_hash: str, *, ttl: float, abandon_after
     request is resumed (what it stored before it died is this request's), any other replaced.
     """
     now = utcnow()
+    fresh = _insert(client, key, request_hash, now)  # the usual case: a key no request holds
+    if fresh is not None:
+        return fresh
     mine = (IdempotentRequest.client == client) & (IdempotentRequest.key == key)
     expired = IdempotentRequest.created_at < now - dt.timedelta(seconds=ttl)
     abandoned = IdempotentRequest.status_code.is_null() & (
@@ -55,6 +58,10 @@ def claim(client: str, key: str, request_hash: str, *, ttl: float, abandon_after
     )
     if resumed:
         return Claim(resumed[0][0], resumed=True)
+    return _insert(client, key, request_hash, now)
+
+
+def _insert(client: str, key: str, request_hash: str, now: dt.datetime) -> Claim | None:
     rows = list(
         IdempotentRequest.insert(client=client, key=key, request_hash=request_hash, created_at=now)
         .on_conflict_ignore()
