@@ -108,7 +108,7 @@ def _row(channel: str, fields: dict[str, Any], now: dt.datetime) -> dict[str, An
 
 
 def _ids_for(key: RequestKey, count: int) -> tuple[list[str], bool]:
-    """The ids to store an idempotent request's ``count`` notifications under, and whether they are.
+    """The ids for an idempotent request's ``count`` notifications, and whether they are stored already.
 
     The first generation of the key's ids that no notification has, or that the attempt this one
     resumes stored before it died; a batch is stored all or none, so its first id tells.
