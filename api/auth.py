@@ -19,7 +19,7 @@ from flask_smorest import abort
 OPEN_PATH = "/health"
 DASHBOARD_PREFIX = "/dashboard"
 ANONYMOUS = "anonymous"
-_SECURITY = [{"bearerAuth": []}, {"apiKeyHeader": []}]
+_SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}, {"apiKeyHeader": []}]
 
 
 @dataclass(frozen=True)

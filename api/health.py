@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from flask.views import MethodView
 from flask_smorest import Blueprint
@@ -22,7 +23,7 @@ class HealthSchema(Schema):
     broker = fields.String()
 
 
-def _check(name: str, probe) -> str:
+def _check(name: str, probe: Callable[[], object]) -> str:
     try:
         probe()
     except Exception as exc:  # any failure to answer means unavailable, whatever its type
@@ -35,7 +36,7 @@ def _check(name: str, probe) -> str:
 class Health(MethodView):
     @blp.response(200, HealthSchema)
     @blp.alt_response(503, schema=HealthSchema, description="The database or the broker is unreachable")
-    def get(self):
+    def get(self) -> tuple[dict[str, str], int]:
         """State of the database and the broker"""
         result = {"database": _check("database", storage.ping), "broker": _check("broker", actors.ping)}
         healthy = all(v == "ok" for v in result.values())

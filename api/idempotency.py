@@ -4,21 +4,26 @@ A request with a key claims (caller, key) with one INSERT; a concurrent retry fi
 and waits briefly for the response the first one stores, or answers 409. The request is recorded as
 a hash of method, path and canonical JSON body, so the same key with another body is refused (422).
 Only responses a view returned are kept; a request that ended in an error gives its key up again.
+The notifications a request stores have ids derived from its key (see ``RequestKey``), so that the
+retry of a request whose process died before keeping the response finds them, not makes more.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import functools
 import hashlib
 import json
 import logging
 import re
 import time
+import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from flask import Response, current_app, request
+from flask import Response, current_app, g, request
 from flask_smorest import Blueprint, abort
 
 import storage
@@ -38,6 +43,8 @@ _KEY = re.compile(r"[!-~]{1,255}")
 # Expired rows are already ignored; deleting them now and then only keeps the table small.
 _SWEEP_INTERVAL = 3600.0
 _last_sweep = {"at": -_SWEEP_INTERVAL}
+# Names the notification ids derived from idempotency keys (uuid5), apart from any other uuid5.
+_NOTIFICATION_IDS = uuid.UUID("9c2f4a8e-5d1b-4c36-a0e7-3f6b8d2c1e54")
 
 HEADER_DOC = {
     "in": "header",
@@ -47,6 +54,30 @@ HEADER_DOC = {
     "gets the original response and creates nothing new.",
     "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
 }
+
+
+@dataclass(frozen=True)
+class RequestKey:
+    """An idempotent request, the same in each attempt of it: who sent it, with which key."""
+
+    identity: str
+    # When this attempt resumes one that died mid-request: what that one may have stored, it stored
+    # since then (a key lives TTL seconds); None for the first attempt.
+    resumed_since: dt.datetime | None
+
+    def notification_ids(self, generation: int, count: int) -> list[str]:
+        """The ids of ``count`` notifications for the ``generation``th use of the key.
+
+        A key used again after it expired is a new request: it takes the next generation.
+        """
+        name = f"{self.identity}\n{generation}\n"
+        return [str(uuid.uuid5(_NOTIFICATION_IDS, f"{name}{index}")) for index in range(count)]
+
+
+def request_key() -> RequestKey | None:
+    """The current request's key, when it is an idempotent request (see ``idempotent``)."""
+    key: RequestKey | None = g.get("request_key")
+    return key
 
 
 def idempotent(blp: Blueprint) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -79,9 +110,11 @@ def _once(key: str, run: Callable[[], Any]) -> Response:
     deadline = time.monotonic() + current_app.config.get("IDEMPOTENCY_WAIT", WAIT_FOR_ORIGINAL)
     _sweep()
     while True:
-        claim_id = store.claim(client, key, fingerprint, ttl=TTL, abandon_after=ABANDONED_AFTER)
-        if claim_id is not None:
-            return _run_and_keep(claim_id, run)
+        claim = store.claim(client, key, fingerprint, ttl=TTL, abandon_after=ABANDONED_AFTER)
+        if claim is not None:
+            resumed_since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=TTL) if claim.resumed else None
+            g.request_key = RequestKey(f"{client}\n{key}", resumed_since)
+            return _run_and_keep(claim.id, run)
         earlier = store.earlier(client, key, ttl=TTL)
         if earlier is None:
             continue  # the holder gave the key up between our two statements: claim it again

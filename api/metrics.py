@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from flask.views import MethodView
 from flask_smorest import Blueprint
@@ -55,7 +56,7 @@ class MetricsSchema(Schema):
 class Metrics(MethodView):
     @blp.arguments(MetricsArgs(), location="query")
     @blp.response(200, MetricsSchema)
-    def get(self, args):
+    def get(self, args: dict[str, Any]) -> dict[str, Any]:
         """Notifications active in the last period, by host, channel and status"""
         now = utcnow()
         counts = metrics.activity(now - dt.timedelta(seconds=args["period"]))

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import logging
-from collections import Counter
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
+from uuid import UUID
 
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
-import logs
-import settings
-from actors import scheduler
-from api import prometheus
-from api.idempotency import idempotent
-from api.limits import JsonParser
-from api.scheduling import plan_delivery
+from api import usecases
+from api.idempotency import idempotent, request_key
 from api.schemas import (
     AcceptedResponse,
     ActionResponse,
@@ -28,10 +22,9 @@ from api.schemas import (
     NotificationSchema,
     PushRequest,
 )
-from storage import ingest, queries, transitions
-from storage.clock import to_db
-
-logger = logging.getLogger(__name__)
+from api.validation import JsonParser
+from storage import queries, transitions
+from storage.models import Notification
 
 blp = Blueprint(
     "notifications", __name__, url_prefix="/notifications", description="Push and email notifications"
@@ -40,57 +33,26 @@ blp.ARGUMENTS_PARSER = JsonParser()
 # Argument schemas are given as instances: given a class, webargs makes a new schema per request,
 # which costs more than the load itself.
 
-
-def _row(channel: str, fields: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
-    """The stored form of a validated request: its time resolved into a due time."""
-    fields = dict(fields)
-    zone = fields.pop("timezone")
-    plan = plan_delivery(
-        fields.pop("scheduled_time"),
-        zone,
-        now=now,
-        start=settings.APPROPRIATE_HOURS_START,
-        end=settings.APPROPRIATE_HOURS_END,
-    )
-    return {
-        **fields,
-        "channel": channel,
-        "timezone": zone.key,
-        "scheduled_time": to_db(plan.scheduled_time),
-        "appropriate_delivery": plan.appropriate_delivery,
-        "due_at": to_db(plan.due_at),
-    }
+Result = TypeVar("Result")
 
 
-def _accepted(rows: list[dict[str, Any]]) -> None:
-    """What follows storing accepted rows: wake the schedulers if any falls due soon, count them."""
-    scheduler.wake(row["due_at"] for row in rows)
-    for channel, count in Counter(row["channel"] for row in rows).items():
-        prometheus.ACCEPTED_BY_CHANNEL[channel].inc(count)
-
-
-def _accept(channel: str, fields: dict[str, Any]) -> dict[str, Any]:
-    now = dt.datetime.now(dt.UTC)
-    row = _row(channel, fields, now)
-    notification_id = ingest.create(host=settings.HOSTNAME, **row)
-    _accepted([row])
-    with logs.context(notification_id, channel):
-        logger.info("Accepted, due %s", row["due_at"].isoformat())
-    return {
-        "status": "success",
-        "notification_id": notification_id,
-        "message": f"{channel.capitalize()} notification scheduled",
-    }
-
-
-def _found(action, notification_id, **kwargs):
-    """Run a storage transition, translating its domain errors to HTTP once."""
+def _answer(use_case: Callable[[UUID], Result], notification_id: UUID) -> Result:
+    """Run a use case on one notification, translating its domain errors to HTTP once."""
     try:
-        return action(notification_id, **kwargs)
+        return use_case(notification_id)
     except queries.NotificationNotFound:
         abort(404, message=f"Notification {notification_id} not found.")
     except transitions.TransitionConflict as exc:
         abort(409, message=str(exc))
+    raise AssertionError("unreachable: abort raises")
+
+
+def _scheduled(channel: str, fields: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "status": "success",
+        "notification_id": usecases.accept(channel, fields, request_key()),
+        "message": f"{channel.capitalize()} notification scheduled",
+    }
 
 
 @blp.route("/push")
@@ -99,9 +61,9 @@ class PushNotifications(MethodView):
     @blp.arguments(PushRequest())
     @blp.response(202, AcceptedResponse)
     @blp.alt_response(413, response="REQUEST_ENTITY_TOO_LARGE")
-    def post(self, fields):
+    def post(self, fields: dict[str, Any]) -> dict[str, Any]:
         """Schedule a push notification"""
-        return _accept("push", fields)
+        return _scheduled("push", fields)
 
 
 @blp.route("/email")
@@ -110,9 +72,9 @@ class EmailNotifications(MethodView):
     @blp.arguments(EmailRequest())
     @blp.response(202, AcceptedResponse)
     @blp.alt_response(413, response="REQUEST_ENTITY_TOO_LARGE")
-    def post(self, fields):
+    def post(self, fields: dict[str, Any]) -> dict[str, Any]:
         """Schedule an email notification"""
-        return _accept("email", fields)
+        return _scheduled("email", fields)
 
 
 @blp.route("/batch")
@@ -121,13 +83,9 @@ class NotificationBatch(MethodView):
     @blp.arguments(BatchRequest())
     @blp.response(202, BatchResponse)
     @blp.alt_response(413, response="REQUEST_ENTITY_TOO_LARGE")
-    def post(self, batch):
+    def post(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Schedule up to 1000 notifications at once, all or none"""
-        now = dt.datetime.now(dt.UTC)
-        rows = [_row(item.pop("channel"), item, now) for item in batch["notifications"]]
-        ids = ingest.create_many(rows, host=settings.HOSTNAME)
-        _accepted(rows)
-        logger.info("Accepted a batch of %d", len(ids))
+        ids = usecases.accept_batch(batch["notifications"], request_key())
         return {
             "status": "success",
             "count": len(ids),
@@ -140,7 +98,7 @@ class NotificationBatch(MethodView):
 class Notifications(MethodView):
     @blp.arguments(ListArgs(), location="query")
     @blp.response(200, NotificationList)
-    def get(self, args):
+    def get(self, args: dict[str, Any]) -> dict[str, Any]:
         """List notifications, newest first"""
         limit, offset = args.pop("limit"), args.pop("offset")
         query = queries.listing(**args)
@@ -151,9 +109,9 @@ class Notifications(MethodView):
 class NotificationById(MethodView):
     @blp.response(200, NotificationSchema)
     @blp.alt_response(404, response="NOT_FOUND")
-    def get(self, notification_id):
+    def get(self, notification_id: UUID) -> Notification:
         """Get one notification and its status"""
-        return _found(queries.get, notification_id)
+        return _answer(queries.get, notification_id)
 
 
 @blp.route("/<uuid:notification_id>/force")
@@ -162,17 +120,14 @@ class ForceNotification(MethodView):
     @blp.response(200, ActionResponse)
     @blp.alt_response(404, response="NOT_FOUND")
     @blp.alt_response(409, response="CONFLICT")
-    def post(self, notification_id):
+    def post(self, notification_id: UUID) -> dict[str, Any]:
         """Deliver now, ignoring schedule and appropriate hours"""
-        notification = _found(
-            transitions.force, notification_id, host=settings.HOSTNAME, lease=settings.DISPATCH_LEASE
-        )
-        task_id = scheduler.publish_now(notification)
+        forced = _answer(usecases.force, notification_id)
         return {
             "status": "success",
             "message": "Notification delivery forced",
             "notification_id": notification_id,
-            "task_id": task_id,
+            "task_id": forced.message_id,
         }
 
 
@@ -182,16 +137,12 @@ class CancelNotification(MethodView):
     @blp.response(200, ActionResponse)
     @blp.alt_response(404, response="NOT_FOUND")
     @blp.alt_response(409, response="CONFLICT")
-    def post(self, notification_id):
+    def post(self, notification_id: UUID) -> dict[str, Any]:
         """Cancel a notification before delivery"""
-        notification = _found(transitions.cancel, notification_id, host=settings.HOSTNAME)
-        # The message already queued for it, if any: it will now do nothing when it comes.
-        published = notification.message_seq > 0
+        cancelled = _answer(usecases.cancel, notification_id)
         return {
             "status": "success",
             "message": "Notification cancelled",
             "notification_id": notification_id,
-            "task_id": scheduler.message_id_for(notification_id, notification.message_seq)
-            if published
-            else None,
+            "task_id": cancelled.message_id,
         }

@@ -17,17 +17,16 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_flask_exporter import PrometheusMetrics
 
-import settings
 from storage import metrics as store_metrics
 from storage.models import CHANNELS, FAILED, PENDING, PROCESSING
 
 PATH = "/metrics/prometheus"
 
-ACCEPTED = prom.Counter(
+ACCEPTED_NOTIFICATIONS = prom.Counter(
     "notifications_accepted", "Notifications accepted by the API.", ["channel"], registry=None
 )
 # Each channel's child, made once (present at 0 from the start, so rate() sees the first one).
-ACCEPTED_BY_CHANNEL = {channel: ACCEPTED.labels(channel) for channel in CHANNELS}
+ACCEPTED_BY_CHANNEL = {channel: ACCEPTED_NOTIFICATIONS.labels(channel) for channel in CHANNELS}
 
 
 # The statuses a notification waits in. Delivered and cancelled ones only pile up: counting them at
@@ -56,9 +55,10 @@ def init_app(app: Flask, *extra: Collector) -> None:
     registry = prom.CollectorRegistry(auto_describe=True)
     exporter = PrometheusMetrics(app, path=None, registry=registry, group_by="url_rule")
     by_status = NotificationsByStatus()
+    multiprocess = bool(app.config["PROMETHEUS_MULTIPROC_DIR"])
 
     def scraped() -> prom.CollectorRegistry:
-        if settings.PROMETHEUS_MULTIPROC_DIR:
+        if multiprocess:
             # Counters of every gunicorn worker, summed from their files, plus the database's gauges.
             summed = prom.CollectorRegistry()
             MultiProcessCollector(summed)
@@ -66,11 +66,11 @@ def init_app(app: Flask, *extra: Collector) -> None:
             return summed
         return registry
 
-    if not settings.PROMETHEUS_MULTIPROC_DIR:
-        for collector in (ACCEPTED, by_status, *extra):
+    if not multiprocess:
+        for collector in (ACCEPTED_NOTIFICATIONS, by_status, *extra):
             registry.register(collector)
 
     @app.get(PATH)
     @exporter.do_not_track()
-    def prometheus_metrics():
+    def prometheus_metrics() -> Response:
         return Response(prom.generate_latest(scraped()), content_type=prom.CONTENT_TYPE_LATEST)

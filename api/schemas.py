@@ -4,19 +4,34 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from typing import TypeGuard
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeGuard
 from zoneinfo import ZoneInfo, available_timezones
 
+from apispec.ext.marshmallow.field_converter import FieldConverterMixin
+from flask import current_app
 from marshmallow import Schema, ValidationError, fields, post_load, validate, validates
+from marshmallow.types import StrSequenceOrSet, UnknownOption
 
-import settings
-from api.limits import Text, bounded_json, encodable, printable
+from api.validation import Text, bounded_json, encodable, printable
 from storage.clock import from_db
 from storage.models import CHANNELS, STATUSES, Notification
 
 MAX_CONTENT = 10_000
 # Far enough for any real schedule, near enough that date arithmetic cannot overflow.
 MAX_SCHEDULE_AHEAD = dt.timedelta(days=3660)
+# A field's description that names configured limits, as ``{MAX_DATA_BYTES}`` (see document_limits).
+LIMITS_DOC = "limits_description"
+
+
+def document_limits(converter: FieldConverterMixin, config: Mapping[str, Any]) -> None:
+    """Make an app's OpenAPI spec state the limits in ``config`` where a field's LIMITS_DOC names one."""
+
+    def configured_limits(self: FieldConverterMixin, field: fields.Field, **_kwargs: Any) -> dict[str, str]:
+        template = field.metadata.get(LIMITS_DOC)
+        return {} if template is None else {"description": template.format_map(config)}
+
+    converter.add_attribute_function(configured_limits)
 
 
 @functools.cache
@@ -24,32 +39,40 @@ def _zones() -> frozenset[str]:
     return frozenset(available_timezones())
 
 
-class TimezoneField(fields.String):
-    """An IANA timezone name, loaded as a ``ZoneInfo``."""
+class TimezoneField(fields.Field[ZoneInfo]):
+    """An IANA timezone name, loaded as a ``ZoneInfo``; documented as the string it is sent as."""
 
-    def _deserialize(self, value, attr, data, **kwargs):
-        name = super()._deserialize(value, attr, data, **kwargs)
+    _name = fields.String()
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.metadata = {"type": "string", **self.metadata}
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
+    ) -> ZoneInfo:
+        name = self._name.deserialize(value)
         if name not in _zones():
             raise ValidationError(f"Unknown IANA timezone: {name!r}.")
         return ZoneInfo(name)
 
 
 class NotificationRequest(Schema):
-    recipient_id = Text(required=True, validate=[validate.Length(min=1, max=255), printable])
+    recipient_id: fields.String = Text(required=True, validate=[validate.Length(min=1, max=255), printable])
     content = Text(required=True, validate=validate.Length(min=1, max=MAX_CONTENT))
-    timezone = TimezoneField(load_default=lambda: ZoneInfo(settings.DEFAULT_TIMEZONE))
+    timezone = TimezoneField(load_default=lambda: ZoneInfo(current_app.config["DEFAULT_TIMEZONE"]))
     scheduled_time = fields.DateTime(
         load_default=None,
         metadata={"description": "ISO 8601; without an offset, a wall-clock time in `timezone`"},
     )
 
     @validates("recipient_id")
-    def _not_blank(self, value: str, **_kwargs) -> None:
+    def _not_blank(self, value: str, **_kwargs: Any) -> None:
         if not value.strip():
             raise ValidationError("Must not be blank.")
 
     @validates("scheduled_time")
-    def _not_too_far(self, value: dt.datetime | None, **_kwargs) -> None:
+    def _not_too_far(self, value: dt.datetime | None, **_kwargs: Any) -> None:
         _check_schedule(value)
 
 
@@ -70,12 +93,19 @@ class PushRequest(NotificationRequest):
         load_default=None,
         validate=bounded_json,
         metadata={
-            "description": f"a JSON object of at most {settings.MAX_DATA_BYTES} bytes, "
-            f"nested at most {settings.MAX_DATA_DEPTH} levels"
+            LIMITS_DOC: "a JSON object of at most {MAX_DATA_BYTES} bytes, "
+            "nested at most {MAX_DATA_DEPTH} levels"
         },
     )
 
-    def load(self, data, *, many=None, partial=None, unknown=None):
+    def load(
+        self,
+        data: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        *,
+        many: bool | None = None,
+        partial: bool | StrSequenceOrSet | None = None,
+        unknown: UnknownOption | None = None,
+    ) -> Any:
         # The usual request is checked straight (see plain_push); the schema words every error.
         if not many and not partial and unknown is None and type(data) is dict:
             loaded = plain_push(data)
@@ -93,7 +123,7 @@ class EmailRequest(NotificationRequest):
     subject = Text(validate=validate.Length(max=255), load_default=None)
 
     @post_load
-    def _fold_subject(self, data: dict, **_kwargs) -> dict:
+    def _fold_subject(self, data: dict[str, Any], **_kwargs: Any) -> dict[str, Any]:
         # A subject is one header line: line breaks would let a client add headers of its own.
         if data.get("subject"):
             data["subject"] = " ".join(data["subject"].split())
@@ -103,7 +133,7 @@ class EmailRequest(NotificationRequest):
 _PUSH_FIELDS = frozenset(PushRequest._declared_fields)
 
 
-def plain_push(body: dict) -> dict | None:
+def plain_push(body: dict[str, Any]) -> dict[str, Any] | None:
     """What the schema's load of ``body`` returns, for a push request of the usual shape; else None.
 
     Requests spent most of their validation in marshmallow's machinery (a batch of 1,000, item
@@ -118,7 +148,7 @@ def plain_push(body: dict) -> dict | None:
         return None
     if not _plain_text(content, 1, MAX_CONTENT):
         return None
-    zone = body.get("timezone", settings.DEFAULT_TIMEZONE)
+    zone = body["timezone"] if "timezone" in body else current_app.config["DEFAULT_TIMEZONE"]
     if type(zone) is not str or zone not in _zones():
         return None
     scheduled_time = body.get("scheduled_time")
@@ -162,13 +192,15 @@ def _plain_text(value: object, shortest: int, longest: int) -> TypeGuard[str]:
     )
 
 
-class BatchItem(fields.Field):
+class BatchItem(fields.Field[dict[str, Any]]):
     """One notification of a batch: a push or an email request, chosen by its ``channel``."""
 
     # Instances made once: a schema loads any number of times, and making one costs more than a load.
     schemas = {"push": PushRequest(), "email": EmailRequest()}
 
-    def _deserialize(self, value, attr, data, **kwargs):
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
+    ) -> dict[str, Any]:
         if not isinstance(value, dict):
             raise ValidationError("Must be an object.")
         body = dict(value)
@@ -261,7 +293,7 @@ class ListArgs(Schema):
     offset = fields.Integer(load_default=0, validate=validate.Range(min=0, max=10_000_000))
 
     @post_load
-    def _normalise_status(self, data: dict, **_kwargs) -> dict:
+    def _normalise_status(self, data: dict[str, Any], **_kwargs: Any) -> dict[str, Any]:
         if "status" in data:
             by_lower = {s.lower(): s for s in STATUSES}
             status = by_lower.get(data["status"].lower())

@@ -22,29 +22,54 @@ class Earlier:
     response_body: str | None
 
 
-def claim(client: str, key: str, request_hash: str, *, ttl: float, abandon_after: float) -> int | None:
-    """Take ``key`` for a new request and return the claim's id, or None when another request holds it.
+@dataclass(frozen=True)
+class Claim:
+    """A key taken for a request; ``resumed`` when an attempt of the same request died holding it."""
+
+    id: int
+    resumed: bool
+
+
+def claim(client: str, key: str, request_hash: str, *, ttl: float, abandon_after: float) -> Claim | None:
+    """Take ``key`` for a request and return the claim, or None when another request holds it.
 
     A holder older than ``ttl`` has expired, and one that stored no response within ``abandon_after``
-    seconds died mid-request; either gives the key up to this claim.
+    seconds died mid-request; either gives the key up to this claim. A dead holder of the same
+    request is resumed (what it stored before it died is this request's), any other replaced.
     """
     now = utcnow()
+    fresh = _insert(client, key, request_hash, now)  # the usual case: a key no request holds
+    if fresh is not None:
+        return fresh
+    mine = (IdempotentRequest.client == client) & (IdempotentRequest.key == key)
     expired = IdempotentRequest.created_at < now - dt.timedelta(seconds=ttl)
     abandoned = IdempotentRequest.status_code.is_null() & (
         IdempotentRequest.created_at < now - dt.timedelta(seconds=abandon_after)
     )
-    IdempotentRequest.delete().where(
-        (IdempotentRequest.client == client) & (IdempotentRequest.key == key) & (expired | abandoned)
-    ).execute()
-    rows = (
+    same_request = IdempotentRequest.request_hash == request_hash
+    IdempotentRequest.delete().where(mine & (expired | (abandoned & ~same_request))).execute()
+    # One statement: of several retries of a dead request, exactly one resumes it.
+    resumed = list(
+        IdempotentRequest.update(created_at=now)
+        .where(mine & abandoned & same_request)
+        .returning(IdempotentRequest.id)
+        .tuples()
+        .execute()
+    )
+    if resumed:
+        return Claim(resumed[0][0], resumed=True)
+    return _insert(client, key, request_hash, now)
+
+
+def _insert(client: str, key: str, request_hash: str, now: dt.datetime) -> Claim | None:
+    rows = list(
         IdempotentRequest.insert(client=client, key=key, request_hash=request_hash, created_at=now)
         .on_conflict_ignore()
         .returning(IdempotentRequest.id)
         .tuples()
         .execute()
     )
-    rows = list(rows)
-    return rows[0][0] if rows else None
+    return Claim(rows[0][0], resumed=False) if rows else None
 
 
 def earlier(client: str, key: str, *, ttl: float) -> Earlier | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,14 @@ def get(notification_id: Any) -> Notification:
         return Notification.get_by_id(notification_id)
     except peewee.DoesNotExist:
         raise NotificationNotFound(str(notification_id)) from None
+
+
+def created_at(notification_id: Any) -> dt.datetime | None:
+    """When the notification with this id was stored; None when there is none."""
+    stored: dt.datetime | None = (
+        Notification.select(Notification.created_at).where(Notification.id == notification_id).scalar()
+    )
+    return stored
 
 
 def listing(

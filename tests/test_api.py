@@ -366,7 +366,7 @@ def marshmallow_load(schema, body):
 def test_a_batch_push_item_loads_as_the_schema_loads_it(body):
     """plain_push, the quick path, gives marshmallow's result or declines, never another answer."""
     app = Flask(__name__)
-    app.config.update(MAX_DATA_BYTES=4096, MAX_DATA_DEPTH=5)
+    app.config.update(MAX_DATA_BYTES=4096, MAX_DATA_DEPTH=5, DEFAULT_TIMEZONE="UTC")
     with app.app_context():
         quick = schemas.plain_push(dict(body))
         try:

@@ -133,6 +133,91 @@ def test_a_claim_abandoned_by_a_dead_process_is_taken_over(app, client):
     assert count(app) == 1
 
 
+class ProcessDied(BaseException):
+    """Raised where the process would die: nothing catches it on the way out, as nothing would."""
+
+
+def die_before_keeping_the_response(monkeypatch):
+    def die(*_args):
+        raise ProcessDied
+
+    monkeypatch.setattr(idempotency, "complete", die)
+
+
+def lapse_claims():
+    """Age every claim past ABANDONED_AFTER, as the minute after a dead process's request does."""
+    age = dt.timedelta(seconds=idempotent_api.ABANDONED_AFTER + 1)
+    idempotency.IdempotentRequest.update(created_at=utcnow() - age).execute()
+
+
+BATCH = {
+    "notifications": [
+        {"channel": "push", **PUSH},
+        {"channel": "email", "recipient_id": "a@example.com", "content": "x"},
+    ]
+}
+
+
+@pytest.mark.parametrize(("path", "body", "stored"), [("push", PUSH, 1), ("batch", BATCH, 2)])
+def test_a_retry_after_the_process_died_before_answering_creates_nothing_new(
+    app, client, monkeypatch, path, body, stored
+):
+    with monkeypatch.context() as patched:
+        die_before_keeping_the_response(patched)
+        with pytest.raises(ProcessDied):
+            post(client, f"/notifications/{path}", body, key="dies")
+    with app.app_context():
+        first = {str(n.id) for n in models.Notification.select()}
+        assert len(first) == stored
+        lapse_claims()
+    retry = post(client, f"/notifications/{path}", body, key="dies")
+    assert retry.status_code == 202
+    answered = retry.json.get("notification_ids") or [retry.json["notification_id"]]
+    assert set(answered) == first
+    assert count(app) == stored
+    assert post(client, f"/notifications/{path}", body, key="dies").json == retry.json
+
+
+def test_a_request_whose_retries_die_too_stores_its_notification_once(app, client, monkeypatch):
+    with monkeypatch.context() as patched:
+        die_before_keeping_the_response(patched)
+        for _ in range(3):
+            with pytest.raises(ProcessDied):
+                post(client, "/notifications/push", PUSH, key="dies")
+            with app.app_context():
+                lapse_claims()
+    assert post(client, "/notifications/push", PUSH, key="dies").status_code == 202
+    assert count(app) == 1
+
+
+def test_a_dead_request_retried_with_another_body_is_a_new_request(app, client, monkeypatch):
+    with monkeypatch.context() as patched:
+        die_before_keeping_the_response(patched)
+        with pytest.raises(ProcessDied):
+            post(client, "/notifications/push", PUSH, key="dies")
+    with app.app_context():
+        lapse_claims()
+    assert post(client, "/notifications/push", {**PUSH, "content": "other"}, key="dies").status_code == 202
+    assert count(app) == 2
+
+
+def test_a_key_used_again_after_it_expired_stores_anew_and_retries_of_that_find_it(app, client, monkeypatch):
+    post(client, "/notifications/push", PUSH, key="reused")
+    with app.app_context():
+        idempotency.IdempotentRequest.update(
+            created_at=utcnow() - dt.timedelta(hours=24, seconds=1)
+        ).execute()
+    with monkeypatch.context() as patched:
+        die_before_keeping_the_response(patched)
+        with pytest.raises(ProcessDied):
+            post(client, "/notifications/push", PUSH, key="reused")
+    assert count(app) == 2
+    with app.app_context():
+        lapse_claims()
+    assert post(client, "/notifications/push", PUSH, key="reused").status_code == 202
+    assert count(app) == 2
+
+
 @pytest.mark.parametrize("key", ["", "has space", "é", "x" * 256])
 def test_a_malformed_key_is_a_422_naming_the_header(client, key):
     response = post(client, "/notifications/push", PUSH, key=key)

@@ -8,6 +8,7 @@ import pytest
 
 from actors.providers import Envelope
 from actors.providers.smtp import SmtpProvider
+from api import create_app
 from storage import models, queries
 
 PUSH = {"recipient_id": "user123", "content": "hello"}
@@ -39,6 +40,25 @@ def test_data_at_the_limits_is_accepted(client):
     assert client.post("/notifications/push", json={**PUSH, "data": nested(5)}).status_code == 202
     fits = {"k": "x" * (4096 - len('{"k":""}'))}
     assert client.post("/notifications/push", json={**PUSH, "data": fits}).status_code == 202
+
+
+def test_the_documented_data_limits_are_the_configured_ones_it_enforces(tmp_path):
+    app = create_app(
+        {
+            "TESTING": True,
+            "DATABASE_URL": f"sqlite:///{tmp_path}/api.db",
+            "RUN_WORKERS": False,
+            "MAX_DATA_BYTES": 100,
+            "MAX_DATA_DEPTH": 2,
+        }
+    )
+    client = app.test_client()
+    data = client.get("/openapi.json").json["components"]["schemas"]["PushRequest"]["properties"]["data"]
+    assert data["description"] == "a JSON object of at most 100 bytes, nested at most 2 levels"
+    over = {"k": "x" * (101 - len('{"k":""}'))}
+    assert client.post("/notifications/push", json={**PUSH, "data": over}).status_code == 422
+    assert client.post("/notifications/push", json={**PUSH, "data": nested(3)}).status_code == 422
+    assert client.post("/notifications/push", json={**PUSH, "data": {"k": "x"}}).status_code == 202
 
 
 @pytest.mark.parametrize(

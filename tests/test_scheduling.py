@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo, available_timezones
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from api.scheduling import in_appropriate_hours, next_appropriate_time, plan_delivery, to_instant
+from api.delivery_time import in_appropriate_hours, next_appropriate_time, plan_delivery, to_instant
 
 UTC = dt.UTC
 NY = ZoneInfo("America/New_York")

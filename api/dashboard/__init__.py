@@ -6,15 +6,7 @@ offline. Every POST carries an anti-forgery token (see ``csrf``).
 
 from __future__ import annotations
 
-from flask import Blueprint
+from api.dashboard import actions, csrf, views  # noqa: F401  (they register their routes on blp)
+from api.dashboard.blueprint import blp
 
-blp = Blueprint(
-    "dashboard",
-    __name__,
-    url_prefix="/dashboard",
-    template_folder="templates",
-    static_folder="static",
-    static_url_path="/static",
-)
-
-from api.dashboard import actions, csrf, views  # noqa: E402, F401  (register the routes on blp)
+__all__ = ["blp"]

@@ -3,34 +3,39 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from urllib.parse import urlencode, urlsplit
+from uuid import UUID
 
 import pika.exceptions
 from flask import redirect, request, url_for
+from werkzeug.wrappers import Response
 
 import logs
-import settings
-from actors import broker, queues, scheduler
-from api.dashboard import blp
+from actors import broker, queues
+from api import usecases
+from api.dashboard.blueprint import blp
 from storage import queries, transitions
-from storage.models import Notification
 
 logger = logging.getLogger(__name__)
 
 
-def _back(notice: str, fallback: str):
+def _back(notice: str, fallback: str) -> Response:
     """Redirect to the page the form was on (never off the dashboard), saying what happened."""
     target = request.form.get("next", "")
     parts = urlsplit(target)
-    if parts.scheme or parts.netloc or not parts.path.startswith(blp.url_prefix + "/"):
+    if parts.scheme or parts.netloc or not parts.path.startswith(f"{blp.url_prefix}/"):
         target = fallback
     separator = "&" if "?" in target else "?"
     return redirect(f"{target}{separator}{urlencode({'notice': notice})}", code=303)
 
 
-def _transition(action, notification_id, **kwargs) -> tuple[Notification | None, str]:
+def _attempt(
+    use_case: Callable[[UUID], usecases.Outcome], notification_id: UUID
+) -> tuple[usecases.Outcome | None, str]:
+    """Run a use case on one notification: its outcome, or None and what stood in the way."""
     try:
-        return action(notification_id, **kwargs), ""
+        return use_case(notification_id), ""
     except queries.NotificationNotFound:
         return None, f"Notification {notification_id} not found."
     except transitions.TransitionConflict as exc:
@@ -38,32 +43,29 @@ def _transition(action, notification_id, **kwargs) -> tuple[Notification | None,
 
 
 @blp.post("/notifications/<uuid:notification_id>/retry")
-def retry(notification_id):
+def retry(notification_id: UUID) -> Response:
     fallback = url_for("dashboard.notification", notification_id=notification_id)
-    notification, problem = _transition(
-        transitions.force, notification_id, host=settings.HOSTNAME, lease=settings.DISPATCH_LEASE
-    )
-    if notification is None:
+    forced, problem = _attempt(usecases.force, notification_id)
+    if forced is None:
         return _back(problem, fallback)
-    scheduler.publish_now(notification)
-    with logs.context(str(notification_id), notification.channel):
+    with logs.context(str(notification_id), forced.notification.channel):
         logger.info("Retry requested from the dashboard")
     return _back(f"Notification {notification_id} will be retried now.", fallback)
 
 
 @blp.post("/notifications/<uuid:notification_id>/cancel")
-def cancel(notification_id):
+def cancel(notification_id: UUID) -> Response:
     fallback = url_for("dashboard.notification", notification_id=notification_id)
-    notification, problem = _transition(transitions.cancel, notification_id, host=settings.HOSTNAME)
-    if notification is None:
+    cancelled, problem = _attempt(usecases.cancel, notification_id)
+    if cancelled is None:
         return _back(problem, fallback)
-    with logs.context(str(notification_id), notification.channel):
+    with logs.context(str(notification_id), cancelled.notification.channel):
         logger.info("Cancelled from the dashboard")
     return _back(f"Notification {notification_id} cancelled.", fallback)
 
 
 @blp.post("/queues/<any(push, email):channel>/dead/<any(requeue, drop):action>")
-def dead_letters(channel: str, action: str):
+def dead_letters(channel: str, action: str) -> Response:
     message_id = request.form.get("message_id") or None
     fallback = url_for("dashboard.queue", channel=channel, tab="dead")
     handle = queues.requeue_dead if action == "requeue" else queues.drop_dead

@@ -13,7 +13,7 @@ import secrets
 from flask import abort, g, request
 from flask.wrappers import Response
 
-from api.dashboard import blp
+from api.dashboard.blueprint import blp
 
 COOKIE = "dashboard_csrf"
 FIELD = "csrf_token"

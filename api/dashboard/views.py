@@ -5,15 +5,16 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import defaultdict
+from uuid import UUID
 
 import peewee
 import pika.exceptions
-from flask import abort, render_template, request
+from flask import abort, current_app, render_template, request
 
 import actors
-import settings
 from actors import queues
-from api.dashboard import blp, charts
+from api.dashboard import charts
+from api.dashboard.blueprint import blp
 from storage import metrics, queries, workers
 from storage.clock import utcnow
 from storage.models import CHANNELS, FAILED, PENDING, PROCESSING
@@ -48,7 +49,7 @@ def _now() -> dict[str, dt.datetime]:
 
 
 @blp.get("/")
-def overview():
+def overview() -> str:
     now = utcnow()
     stats, broker_error = _broker_stats()
     return render_template(
@@ -58,14 +59,14 @@ def overview():
         broker_kind="redis" if actors.REDIS else "embedded" if actors.EMBEDDED else "rabbitmq",
         outlook=metrics.schedule_outlook(now),
         workers=workers.hosts(),
-        stale_after=dt.timedelta(seconds=3 * settings.WORKER_HEARTBEAT_INTERVAL),
+        stale_after=dt.timedelta(seconds=3 * current_app.config["WORKER_HEARTBEAT_INTERVAL"]),
         charts=_timeline(now),
         statuses=charts.STATUS_ORDER,
     )
 
 
 @blp.get("/queues/<any(push, email):channel>")
-def queue(channel: str):
+def queue(channel: str) -> str:
     tab = request.args.get("tab", "scheduled")
     page_number = request.args.get("page", 1, type=int)
     stats, broker_error = _broker_stats()
@@ -92,7 +93,7 @@ def queue(channel: str):
 
 
 @blp.get("/notifications/<uuid:notification_id>")
-def notification(notification_id):
+def notification(notification_id: UUID) -> str:
     try:
         found = queries.get(notification_id)
     except queries.NotificationNotFound:
@@ -103,7 +104,7 @@ def notification(notification_id):
 
 
 @blp.errorhandler(peewee.OperationalError)
-def _database_unavailable(exc: Exception):
+def _database_unavailable(exc: Exception) -> tuple[str, int]:
     logger.error("Database unavailable to the dashboard: %s", exc)
     return render_template("dashboard/error.html", message="The database is unavailable."), 503
 

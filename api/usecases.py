@@ -1,0 +1,143 @@
+"""What clients and operators do to notifications, one function each: accept, accept a batch, force, cancel.
+
+The API's views and the dashboard's actions both call these, and translate what they raise
+(``NotificationNotFound``, ``TransitionConflict``) for their own kind of answer. The dashboard's
+"retry" of a failed notification is ``force``. Accepting for an idempotent request stores its
+notifications under ids derived from its key, once, whichever attempt gets that far.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from flask import current_app
+
+import logs
+from actors import scheduler
+from api import prometheus
+from api.delivery_time import plan_delivery
+from api.idempotency import RequestKey
+from storage import ingest, queries, transitions
+from storage.clock import to_db
+from storage.models import Notification
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A notification force or cancel changed, and the delivery message concerned, if any.
+
+    For force, the message just sent (None when the broker was away: the scheduler sends it); for
+    cancel, the message already queued, which will now do nothing.
+    """
+
+    notification: Notification
+    message_id: str | None
+
+
+def accept(channel: str, fields: dict[str, Any], key: RequestKey | None = None) -> str:
+    """Store a validated push or email request as a Pending notification; return its id."""
+    ids = None
+    if key is not None:
+        ids, stored = _ids_for(key, 1)
+        if stored:
+            return ids[0]
+    now = dt.datetime.now(dt.UTC)
+    row = _row(channel, fields, now)
+    (notification_id,) = _store([row], ids, batch=False)
+    with logs.context(notification_id, channel):
+        logger.info("Accepted, due %s", row["due_at"].isoformat())
+    return notification_id
+
+
+def accept_batch(items: list[dict[str, Any]], key: RequestKey | None = None) -> list[str]:
+    """Store validated requests, each with its ``channel``, all or none; return their ids in order."""
+    ids = None
+    if key is not None:
+        ids, stored = _ids_for(key, len(items))
+        if stored:
+            return ids
+    now = dt.datetime.now(dt.UTC)
+    rows = [_row(item.pop("channel"), item, now) for item in items]
+    ids = _store(rows, ids, batch=True)
+    logger.info("Accepted a batch of %d", len(ids))
+    return ids
+
+
+def force(notification_id: Any) -> Outcome:
+    """Make a Pending or Failed notification due now and send it to the workers at once."""
+    config = current_app.config
+    notification = transitions.force(notification_id, host=config["HOSTNAME"], lease=config["DISPATCH_LEASE"])
+    return Outcome(notification, scheduler.publish_now(notification))
+
+
+def cancel(notification_id: Any) -> Outcome:
+    """Cancel a Pending notification; a message already queued for it will do nothing."""
+    notification = transitions.cancel(notification_id, host=current_app.config["HOSTNAME"])
+    published = notification.message_seq > 0
+    return Outcome(
+        notification,
+        scheduler.message_id_for(notification_id, notification.message_seq) if published else None,
+    )
+
+
+def _row(channel: str, fields: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
+    """The stored form of a validated request: its time resolved into a due time."""
+    fields = dict(fields)
+    zone = fields.pop("timezone")
+    plan = plan_delivery(
+        fields.pop("scheduled_time"),
+        zone,
+        now=now,
+        start=current_app.config["APPROPRIATE_HOURS_START"],
+        end=current_app.config["APPROPRIATE_HOURS_END"],
+    )
+    return {
+        **fields,
+        "channel": channel,
+        "timezone": zone.key,
+        "scheduled_time": to_db(plan.scheduled_time),
+        "appropriate_delivery": plan.appropriate_delivery,
+        "due_at": to_db(plan.due_at),
+    }
+
+
+def _ids_for(key: RequestKey, count: int) -> tuple[list[str], bool]:
+    """The ids for an idempotent request's ``count`` notifications, and whether they are stored already.
+
+    The first generation of the key's ids that no notification has, or that the attempt this one
+    resumes stored before it died; a batch is stored all or none, so its first id tells.
+    """
+    generation = 0
+    while True:
+        ids = key.notification_ids(generation, count)
+        created_at = queries.created_at(ids[0])
+        if created_at is None:
+            return ids, False
+        if key.resumed_since is not None and created_at >= to_db(key.resumed_since):
+            logger.info("Accepted %d already, by an attempt that died before answering", count)
+            return ids, True
+        generation += 1
+
+
+def _store(rows: list[dict[str, Any]], ids: list[str] | None, *, batch: bool) -> list[str]:
+    """Store accepted rows, under ``ids`` if given; wake the schedulers if one falls due soon.
+
+    A batch is stored all or none, in a transaction of its own; a single row commits together with
+    those other threads of this process store at the same time (see ingest.create).
+    """
+    host = current_app.config["HOSTNAME"]
+    if batch:
+        ids = ingest.create_many(rows, host=host, ids=ids)
+    else:
+        (row,) = rows
+        ids = [ingest.create(host=host, id=ids[0] if ids else None, **row)]
+    scheduler.wake(row["due_at"] for row in rows)
+    for channel, count in Counter(row["channel"] for row in rows).items():
+        prometheus.ACCEPTED_BY_CHANNEL[channel].inc(count)
+    return ids
