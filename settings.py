@@ -105,7 +105,7 @@ def _vapid_subject(name: str, default: str) -> str:
     return value
 
 
-_PERIODS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+_periods = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 
 
 def _rate(name: str) -> tuple[int, int] | None:
@@ -114,11 +114,11 @@ def _rate(name: str) -> tuple[int, int] | None:
     if not raw:
         return None
     count, _, period = raw.partition("/")
-    if not count.strip().isdigit() or int(count) < 1 or period.strip().lower() not in _PERIODS:
+    if not count.strip().isdigit() or int(count) < 1 or period.strip().lower() not in _periods:
         raise SettingsError(
             f"{name} must look like 1000/minute (per second, minute, hour or day), got {raw!r}"
         )
-    return int(count), _PERIODS[period.strip().lower()]
+    return int(count), _periods[period.strip().lower()]
 
 
 DATABASE_URL: str = _url(
