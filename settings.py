@@ -49,12 +49,36 @@ def _bool(name: str, default: bool) -> bool:
     raise SettingsError(f"{name} must be true or false, got {raw!r}")
 
 
-def _url(name: str, default: str, schemes: tuple[str, ...], *, fallback: str | None = None) -> str:
-    value = _env(name, "") or (_env(fallback, "") if fallback else "") or default
-    if value and value.split(":", 1)[0] not in schemes:
+def _url(name: str, default: str, schemes: tuple[str, ...]) -> str:
+    value = _env(name, default)
+    if value:
+        _url_scheme(name, value, schemes)
+    return value
+
+
+def _url_scheme(name: str, value: str, schemes: tuple[str, ...]) -> None:
+    if value.split(":", 1)[0] not in schemes:
         raise SettingsError(
             f"{name} must start with one of {', '.join(s + '://' for s in schemes)}, got {value!r}"
         )
+
+
+def _broker_urls(name: str, *, fallback: str) -> tuple[str, ...]:
+    """A broker URL, or several ``amqp://`` ones (a RabbitMQ cluster's nodes) separated by ``,`` or ``;``."""
+    used = name if _env(name, "") else fallback
+    raw = _env(used, "")
+    urls = tuple(url.strip() for url in re.split(r"[,;]", raw) if url.strip())
+    for url in urls:
+        _url_scheme(used, url, ("amqp", "amqps", "redis", "rediss"))
+    if len(urls) > 1 and not all(url.startswith(("amqp://", "amqps://")) for url in urls):
+        raise SettingsError(f"{used} lists several URLs: only RabbitMQ (amqp://) URLs can be listed")
+    return urls
+
+
+def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = _env(name, default).lower()
+    if value not in choices:
+        raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
     return value
 
 
@@ -124,8 +148,12 @@ def _rate(name: str) -> tuple[int, int] | None:
 DATABASE_URL: str = _url(
     "DATABASE_URL", "sqlite:///var/notifications.db", ("sqlite", "postgres", "postgresql")
 )
-# Empty means the embedded, in-process broker. PaaS add-ons publish the URL as CLOUDAMQP_URL.
-BROKER_URL: str = _url("BROKER_URL", "", ("amqp", "amqps", "redis", "rediss"), fallback="CLOUDAMQP_URL")
+# Empty means the embedded, in-process broker. PaaS add-ons publish the URL as CLOUDAMQP_URL. A
+# RabbitMQ cluster is listed node by node: connections go to the first that answers.
+BROKER_URLS: tuple[str, ...] = _broker_urls("BROKER_URL", fallback="CLOUDAMQP_URL")
+BROKER_URL: str = ",".join(BROKER_URLS)  # the same as one string; empty without a broker
+# Queues replicated on a RabbitMQ cluster's nodes (quorum), or each on one node (classic, Dramatiq's).
+RABBITMQ_QUEUE_TYPE: str = _choice("RABBITMQ_QUEUE_TYPE", "classic", ("classic", "quorum"))
 
 MAX_RETRY_ATTEMPTS: int = _int("MAX_RETRY_ATTEMPTS", 5, minimum=0, maximum=100)
 RETRY_DELAY: float = _float("RETRY_DELAY", 1.0)

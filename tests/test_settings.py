@@ -33,6 +33,10 @@ def start_with(**env: str) -> subprocess.CompletedProcess:
         ("PUSH_METRICS_PORT", "70000"),
         ("DATABASE_URL", "mysql://nope"),
         ("BROKER_URL", "kafka://nope"),
+        ("BROKER_URL", "amqp://node-1/vh,kafka://node-2"),
+        ("BROKER_URL", "redis://one:6379/0,redis://two:6379/0"),
+        ("CLOUDAMQP_URL", "amqp://node-1/vh;http://node-2"),
+        ("RABBITMQ_QUEUE_TYPE", "mirrored"),
         ("DEFAULT_TIMEZONE", "Mars/Olympus"),
     ],
 )
@@ -54,3 +58,16 @@ def test_fractional_retry_delay_and_cloudamqp_url_are_accepted():
     env.pop("BROKER_URL", None)
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.stdout.split() == ["0.25", "amqp://u:p@host/vh"]
+
+
+def test_a_cluster_is_listed_node_by_node_with_commas_or_semicolons():
+    script = "import settings; print(*settings.BROKER_URLS); print(settings.RABBITMQ_QUEUE_TYPE)"
+    env = {
+        **os.environ,
+        "BROKER_URL": "amqp://u:p@node-1:5672/vh, amqp://u:p@node-2:5672/vh;amqp://u:p@node-3:5672/vh,",
+        "RABBITMQ_QUEUE_TYPE": "Quorum",
+    }
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
+    urls, queue_type = result.stdout.splitlines()
+    assert urls.split() == [f"amqp://u:p@node-{n}:5672/vh" for n in (1, 2, 3)]
+    assert queue_type == "quorum"
