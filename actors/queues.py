@@ -1,9 +1,9 @@
 """What the broker holds: message counts per queue, and the dead-lettered messages, to drop or requeue.
 
-On RabbitMQ the counts come from passive ``queue.declare`` (no management plugin needed) and the
-dead letters are read with ``basic.get``: messages taken and not acknowledged go back to the queue
-when the channel closes. The in-process broker answers from memory; on Redis, counts are left to
-the official dramatiq-dashboard.
+On RabbitMQ the counts come from passive ``queue.declare`` (no management plugin needed), the type
+from declaring the queue as the service does, and the dead letters are read with ``basic.get``:
+messages taken and not acknowledged go back to the queue when the channel closes. The in-process
+broker answers from memory; on Redis, counts are left to the official dramatiq-dashboard.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import pika.exceptions
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.common import dq_name, xq_name
 
+from actors.rabbitmq import RabbitmqBroker
+
 # No more dead letters than this are looked at by one action, so it holds a bounded number unacked.
 SCAN_LIMIT = 10_000
 
@@ -32,6 +34,9 @@ class QueueStats:
     delayed: int | None
     dead: int | None
     consumers: int | None
+    # On RabbitMQ, the type the service declares the queue with; "not <type>" when RabbitMQ holds
+    # the queue declared otherwise (the workers then refuse to start).
+    type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -48,7 +53,7 @@ def stats(broker: dramatiq.Broker, names: list[str]) -> list[QueueStats]:
         return [_stub_stats(broker, name) for name in names]
     if _is_rabbitmq(broker):
         with _connection(broker) as connection:
-            return [_rabbit_stats(connection, name) for name in names]
+            return [_rabbit_stats(connection, broker, name) for name in names]
     return [QueueStats(name, None, None, None, None) for name in names]
 
 
@@ -144,7 +149,7 @@ def _stub_stats(stub: StubBroker, name: str) -> QueueStats:
     return QueueStats(name, size(name), size(dq_name(name)), len(stub.dead_letters_by_queue[name]), None)
 
 
-def _rabbit_stats(connection: Any, name: str) -> QueueStats:
+def _rabbit_stats(connection: Any, broker: dramatiq.Broker, name: str) -> QueueStats:
     counts = {}
     channel = connection.channel()
     for queue in (name, dq_name(name), xq_name(name)):
@@ -152,17 +157,28 @@ def _rabbit_stats(connection: Any, name: str) -> QueueStats:
             declared = channel.queue_declare(queue, passive=True).method
             counts[queue] = (declared.message_count, declared.consumer_count)
         except pika.exceptions.ChannelClosedByBroker:  # 404: no worker or publisher declared it yet
-            counts[queue] = (0, 0)
+            channel = connection.channel()
+    queue_type = broker.queue_type if isinstance(broker, RabbitmqBroker) else None
+    if isinstance(broker, RabbitmqBroker) and name in counts:
+        # A passive declare says nothing of the type; declaring the queue as the service does
+        # is a no-op when RabbitMQ holds it so, PRECONDITION_FAILED when it holds it otherwise.
+        try:
+            channel.queue_declare(name, durable=True, arguments=broker.queue_arguments(name))
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != 406:
+                raise
+            queue_type = f"not {queue_type}"
             channel = connection.channel()
     if channel.is_open:
         channel.close()
     # Each worker consumes from the queue and its delay queue; the queue's count is the workers'.
     return QueueStats(
         name,
-        ready=counts[name][0],
-        delayed=counts[dq_name(name)][0],
-        dead=counts[xq_name(name)][0],
-        consumers=counts[name][1],
+        ready=counts.get(name, (0, 0))[0],
+        delayed=counts.get(dq_name(name), (0, 0))[0],
+        dead=counts.get(xq_name(name), (0, 0))[0],
+        consumers=counts.get(name, (0, 0))[1],
+        type=queue_type,
     )
 
 
@@ -172,10 +188,8 @@ def _is_rabbitmq(broker: dramatiq.Broker) -> bool:
 
 @contextlib.contextmanager
 def _connection(broker: dramatiq.Broker) -> Iterator[Any]:
-    parameters = getattr(broker, "parameters")  # noqa: B009  (RabbitmqBroker only)
-    if isinstance(parameters, list):
-        parameters = parameters[0]
-    connection = pika.BlockingConnection(parameters)
+    # All of a cluster's nodes, tried in turn: the first that answers.
+    connection = pika.BlockingConnection(getattr(broker, "parameters"))  # noqa: B009  (RabbitmqBroker only)
     try:
         yield connection
     finally:

@@ -1,18 +1,26 @@
-"""Queue counts and dead letters on a real RabbitMQ; the official dramatiq-dashboard on a real Redis."""
+"""Queues on a real RabbitMQ: counts, types, dead letters; the official dramatiq-dashboard on a real Redis."""
 
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
+import subprocess
+import sys
 import uuid
+from urllib.parse import urlsplit
 
 import dramatiq
 import pika
+import pika.exceptions
 import pytest
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
+import actors.rabbitmq
 from actors import queues
+from harness.network import free_port
+from harness.processes import ROOT
 from harness.servers import unavailable
 
 
@@ -231,3 +239,103 @@ def test_dramatiq_dashboard_token_is_a_strict_same_site_cookie(secured, redis_br
     )
     assert forged.status_code == 403
     assert queued(redis_broker) == {redis_id(sent)}
+
+
+def quorum_broker(url: str) -> actors.rabbitmq.RabbitmqBroker:
+    return actors.rabbitmq.RabbitmqBroker([url], queue_type="quorum", confirm_delivery=True)
+
+
+def declared(rabbitmq_url: str) -> dict[str, dict]:
+    """The vhost's queues as RabbitMQ lists them: type and arguments (as a dict)."""
+    vhost = urlsplit(rabbitmq_url).path.lstrip("/")
+    listed = subprocess.run(
+        ["rabbitmqctl", "-q", "list_queues", "-p", vhost, "--formatter", "json", "name", "type", "arguments"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    queues = {q["name"]: q for q in json.loads(listed)}
+    for queue in queues.values():
+        queue["arguments"] = {name: value for name, _type, value in queue["arguments"]}
+    return queues
+
+
+def test_classic_queues_are_declared_as_dramatiq_declares_them():
+    ours = actors.rabbitmq.RabbitmqBroker(["amqp://127.0.0.1:1/%2F"])
+    theirs = RabbitmqBroker(url="amqp://127.0.0.1:1/%2F")
+    assert ours.queue_arguments("push") == theirs._build_queue_arguments("push")
+    assert ours.dead_letter_arguments() == {"x-message-ttl": dramatiq.brokers.rabbitmq.DEAD_MESSAGE_TTL}
+
+
+@pytest.mark.rabbitmq
+def test_quorum_declares_the_queue_its_delay_and_dead_letter_queues_quorum_and_dead_letters(
+    rabbit, rabbitmq_url
+):
+    broker = quorum_broker(rabbitmq_url)
+    try:
+        broker.declare_queue("push", ensure=True)
+        listed = declared(rabbitmq_url)
+        assert {listed[q]["type"] for q in ("push", "push.DQ", "push.XQ")} == {"quorum"}
+        assert listed["push"]["arguments"]["x-dead-letter-routing-key"] == "push.XQ"
+        assert listed["push.DQ"]["arguments"]["x-dead-letter-routing-key"] == "push.XQ"
+        for queue in ("push", "push.DQ", "push.XQ"):
+            assert listed[queue]["arguments"]["x-delivery-limit"] == actors.rabbitmq.DELIVERY_LIMIT
+
+        broker.enqueue(message(1))
+        method, _properties, _body = broker.channel.basic_get("push", auto_ack=False)
+        broker.channel.basic_nack(method.delivery_tag, requeue=False)  # what Dramatiq does to a failure
+        (push,) = queues.stats(broker, ["push"])
+        assert (push.ready, push.dead, push.type) == (0, 1, "quorum")
+    finally:
+        broker.close()
+
+
+@pytest.mark.rabbitmq
+def test_a_classic_queue_declared_as_quorum_is_refused_naming_the_queue(rabbit, rabbitmq_url):
+    rabbit.declare_queue("push", ensure=True)  # classic, as before the setting
+    broker = quorum_broker(rabbitmq_url)
+    try:
+        with pytest.raises(actors.rabbitmq.QueueMismatch, match="queue 'push' as RABBITMQ_QUEUE_TYPE=quorum"):
+            broker.declare_queue("push", ensure=True)
+        assert queues.stats(broker, ["push"])[0].type == "not quorum"
+        with pytest.raises(actors.rabbitmq.QueueMismatch):  # still, for a publisher
+            broker.enqueue(message(1))
+    finally:
+        broker.close()
+
+
+@pytest.mark.rabbitmq
+def test_worker_start_up_stops_on_a_queue_of_another_type_naming_it(rabbit, rabbitmq_url, tmp_path):
+    rabbit.declare_queue("push", ensure=True)
+    env = {
+        **os.environ,
+        "BROKER_URL": rabbitmq_url,
+        "RABBITMQ_QUEUE_TYPE": "quorum",
+        "DATABASE_URL": f"sqlite:///{tmp_path}/worker.db",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", "import actors.worker"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "queue 'push' as RABBITMQ_QUEUE_TYPE=quorum" in result.stderr
+    assert "Changing the queue type" in result.stderr
+
+
+@pytest.mark.rabbitmq
+def test_the_first_listed_node_that_answers_is_used(rabbit, rabbitmq_url):
+    down = f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F"
+    broker = actors.rabbitmq.RabbitmqBroker([down, rabbitmq_url], confirm_delivery=True)
+    try:
+        broker.ping()
+        broker.enqueue(message(1))
+        assert queues.stats(broker, ["push"])[0].ready == 1
+    finally:
+        broker.close()
+    with pytest.raises(pika.exceptions.AMQPConnectionError):
+        actors.rabbitmq.RabbitmqBroker([down, down]).ping()
