@@ -22,6 +22,19 @@ def test_overview_shows_queues_schedule_workers_and_timeline(client, seeded):
     assert "http://" not in html and "https://" not in html  # nothing from elsewhere
 
 
+def test_each_queue_shows_its_type_and_a_queue_of_another_type_stands_out(client, seeded, monkeypatch):
+    from actors import queues
+
+    types = {"push": "quorum", "email": "not quorum"}
+    monkeypatch.setattr(
+        queues, "stats", lambda broker, names: [queues.QueueStats(n, 0, 0, 0, 2, types[n]) for n in names]
+    )
+    html = client.get("/dashboard/").text
+    assert '<td class="type">quorum</td>' in re.search(r'<tr data-queue="push">(.*?)</tr>', html, re.S)[1]
+    assert '<td class="type bad">not quorum</td>' in html
+    assert ">quorum</span> · ready 0" in client.get("/dashboard/queues/push").text
+
+
 def test_queue_tabs_list_their_notifications(client, seeded):
     scheduled = client.get("/dashboard/queues/push").text
     assert seeded["scheduled"] in scheduled and "soon-user" in scheduled and "Cancel" in scheduled
