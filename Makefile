@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 5000
 
-.PHONY: run test lint format bench workers up clean
+.PHONY: run test lint format bench workers up cluster cluster-stop clean
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt requirements-dashboard.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,14 @@ workers: $(BIN)/.installed
 # The whole system as the Procfile describes it (needs BROKER_URL and DATABASE_URL set).
 up: $(BIN)/.installed
 	PATH=$(BIN):$$PATH $(BIN)/honcho start
+
+# A local 3-node RabbitMQ cluster beside any RabbitMQ already running; prints its BROKER_URL.
+# CLUSTER_PORT, CLUSTER_NAME and CLUSTER_DIR choose its ports, node names and data (rabbitmq_cluster.sh).
+cluster:
+	./rabbitmq_cluster.sh start
+
+cluster-stop:
+	./rabbitmq_cluster.sh stop
 
 # The parallel suite, then the tests that stop RabbitMQ or PostgreSQL themselves, alone.
 test: $(BIN)/.installed
