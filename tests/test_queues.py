@@ -28,7 +28,8 @@ from harness.servers import unavailable
 def rabbit(rabbitmq_url):
     broker = RabbitmqBroker(url=rabbitmq_url, confirm_delivery=True)
     yield broker
-    for queue in ("push", "push.DQ", "push.XQ"):
+    # Every queue a test may have declared, of either type: the vhost is the session's.
+    for queue in ("push", "push.DQ", "push.XQ", "email", "email.DQ", "email.XQ"):
         broker.channel.queue_delete(queue)
     broker.close()
 
