@@ -10,26 +10,18 @@ and prints its figures. Heavy on CPU, so marked ``exclusive``: CI runs them alon
 from __future__ import annotations
 
 import datetime as dt
-import json
-import os
-import random
-import shutil
-import socket
-import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-import pika
-import pika.exceptions
 import pytest
 
-from tests.conftest import unavailable
-from tests.processes import ROOT, Service, wait_until
-from tests.receivers import PushReceiver
+from harness.cluster import NODES, Cluster
+from harness.processes import Service
+from harness.receivers import PushReceiver
+from harness.servers import required
+from harness.waiting import wait_until
 
 pytestmark = [pytest.mark.exclusive, pytest.mark.postgres, pytest.mark.rabbitmq]
 
@@ -39,94 +31,17 @@ LEAD = 5.0  # seconds from accepting them to the first due time
 # The issue's bound: failing over costs seconds; a message lost with its node would wait for
 # DISPATCH_LEASE (600 s) before its scheduler sent it again.
 LATENESS_BOUND = 30.0
-NODES = ("a", "b", "c")
-
-
-class Cluster:
-    """The nodes rabbitmq_cluster.sh runs under ``directory``, named ``<name>-a@localhost`` and so on."""
-
-    def __init__(self, directory: Path, name: str, port: int) -> None:
-        self.name = name
-        self.port = port
-        self.env = {
-            **os.environ,
-            "CLUSTER_DIR": str(directory),
-            "CLUSTER_NAME": name,
-            "CLUSTER_PORT": str(port),
-        }
-
-    def script(self, *args: str) -> str:
-        result = subprocess.run(
-            [str(ROOT / "rabbitmq_cluster.sh"), *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=240,
-        )
-        assert result.returncode == 0, result.stderr
-        return result.stdout
-
-    def ctl(self, node: str, *args: str) -> str:
-        return self.script("ctl", node, "-q", *args)
-
-    def letter(self, node: str) -> str:
-        return node.removeprefix(f"{self.name}-").removesuffix("@localhost")
-
-    def amqp(self, letter: str, vhost: str) -> str:
-        return f"amqp://guest:guest@127.0.0.1:{self.port + NODES.index(letter)}/{vhost}"
-
-    def broker_url(self, vhost: str, *order: str) -> str:
-        return ",".join(self.amqp(letter, vhost) for letter in order or NODES)
-
-    def add_vhost(self) -> str:
-        vhost = f"notif_test_{uuid.uuid4().hex[:8]}"
-        self.ctl("a", "add_vhost", vhost)
-        self.ctl("a", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-        return vhost
-
-    def queues(self, vhost: str, via: str) -> dict[str, dict[str, Any]]:
-        """Each queue's type, leader, members and online members, as node ``via`` reports them."""
-        columns = ("name", "type", "leader", "members", "online")
-        listed = self.ctl(via, "list_queues", "-p", vhost, "--formatter", "json", *columns)
-        return {q["name"]: q for q in json.loads(listed)}
-
-    def consumers(self, vhost: str, queue: str, via: str) -> int | None:
-        """How many consumers the queue has, asked of node ``via``; None while it cannot say."""
-        try:
-            with pika.BlockingConnection(pika.URLParameters(self.amqp(via, vhost))) as connection:
-                return connection.channel().queue_declare(queue, passive=True).method.consumer_count
-        except pika.exceptions.AMQPError:
-            return None
-
-
-def _free_base_port() -> int:
-    """A base port whose AMQP, distribution and CLI ports (see rabbitmq_cluster.sh) are all free."""
-    for _ in range(100):
-        base = random.randrange(10_000, 19_000)
-        ports = [base + i for i in range(3)] + [base + 20_000 + i for i in range(3)]
-        ports += [base + 30_000 + i for i in range(11)]
-        try:
-            for port in ports:
-                with socket.socket() as sock:
-                    sock.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise AssertionError("no free ports for the cluster")
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    if not (shutil.which("rabbitmq-server") or Path("/usr/lib/rabbitmq/bin/rabbitmq-server").exists()):
-        unavailable("a local RabbitMQ cluster", "rabbitmq-server is not installed")
-    running = Cluster(
-        tmp_path_factory.mktemp("rabbitmq"), f"notif-test-{uuid.uuid4().hex[:6]}", _free_base_port()
-    )
+    running = Cluster(tmp_path_factory.mktemp("rabbitmq"))
     try:
-        running.script("start")
+        with required():
+            running.start()
         yield running
     finally:
-        running.script("stop")
+        running.stop()  # also the nodes of a start that failed halfway
 
 
 @pytest.fixture
