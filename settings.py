@@ -75,6 +75,14 @@ def _broker_urls(name: str, *, fallback: str) -> tuple[str, ...]:
     return urls
 
 
+def _urls(name: str, schemes: tuple[str, ...]) -> tuple[str, ...]:
+    """Comma-separated URLs, in order of preference; empty means none."""
+    urls = tuple(url.strip() for url in _env(name, "").split(",") if url.strip())
+    for url in urls:
+        _url_scheme(name, url, schemes)
+    return urls
+
+
 def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     value = _env(name, default).lower()
     if value not in choices:
@@ -185,7 +193,9 @@ except (ZoneInfoNotFoundError, ValueError):
     raise SettingsError(f"DEFAULT_TIMEZONE is not an IANA timezone: {DEFAULT_TIMEZONE!r}") from None
 
 # Delivery providers; the outbox under OUTBOX_DIR is used for a channel whose URL is unset.
-SMTP_URL: str = _url("SMTP_URL", "", ("smtp", "smtp+starttls", "smtps"))
+# One relay, or several separated by commas: a transient failure on one tries the next at once.
+SMTP_URLS: tuple[str, ...] = _urls("SMTP_URL", ("smtp", "smtp+starttls", "smtps"))
+SMTP_URL: str = ",".join(SMTP_URLS)
 EMAIL_FROM: str = _env("EMAIL_FROM", "notifications@localhost")
 SMTP_TIMEOUT: float = _float("SMTP_TIMEOUT", 30.0, minimum=0.1)
 PUSH_WEBHOOK_URL: str = _url("PUSH_WEBHOOK_URL", "", ("http", "https"))

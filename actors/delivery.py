@@ -100,6 +100,8 @@ class _Batch:
         self.started = clock()
         self.untried: collections.deque[transitions.Claimed] = collections.deque()
         self.unrecorded: list[transitions.Claimed] = []
+        # Where each unrecorded delivery went, when its provider said (the SMTP relay that took it).
+        self.via: dict[str, str] = {}
         self.recorded_at = self.started
         self.retry: list[Exception] = []
         self.outcomes: list[Outcome] = []
@@ -127,22 +129,24 @@ class _Batch:
     def seq(self, notification: transitions.Claimed) -> int:
         return self.seqs[notification.id]
 
-    def delivered(self, notification: transitions.Claimed) -> None:
+    def delivered(self, notification: transitions.Claimed, via: str | None = None) -> None:
         self.unrecorded.append(notification)
+        if via:
+            self.via[notification.id] = via
         if len(self.unrecorded) >= _RECORD_EVERY or self.clock() - self.recorded_at >= _RECORD_AFTER:
             self.record()
 
     def record(self) -> None:
         """Record the deliveries made since the last time; count those whose claim still held."""
         done = transitions.mark_delivered(
-            {n.id: self.seq(n) for n in self.unrecorded}, host=settings.HOSTNAME
+            {n.id: self.seq(n) for n in self.unrecorded}, host=settings.HOSTNAME, details=self.via
         )
         now = utcnow()
         for notification in self.unrecorded:
             if notification.id in done:
                 lateness = max(0.0, (now - notification.due_at).total_seconds())
                 self.outcomes.append(Outcome(notification.channel, delivered=True, lateness=lateness))
-        self.unrecorded, self.recorded_at = [], self.clock()
+        self.unrecorded, self.via, self.recorded_at = [], {}, self.clock()
 
     def salvage(self) -> None:
         """After an outage: record what was delivered, give back what was not tried, for the retry."""
@@ -187,13 +191,13 @@ def _deliver_one(batch: _Batch, notification: transitions.Claimed) -> None:
         return
     provider = provider_for(notification.channel)
     try:
-        provider.deliver(envelope_of(notification))
+        via = provider.deliver(envelope_of(notification))
     except Exception as exc:
         if _record_failure(batch, notification, attempt, exc):
             batch.retry.append(exc)
         return
-    batch.delivered(notification)
-    logger.info("Delivered %s via %s on attempt %d", notification_id, provider.name, attempt)
+    batch.delivered(notification, via)
+    logger.info("Delivered %s via %s on attempt %d", notification_id, via or provider.name, attempt)
 
 
 def _retry_lease(retry_after: float | None) -> float:

@@ -123,7 +123,7 @@ SELECT {_CLAIMED_COLUMNS} FROM claimed n ORDER BY n.due_at, n.id
 
 _PG_DELIVERED = """
 WITH wanted AS (
-    SELECT * FROM unnest(%s::uuid[], %s::int[]) AS w(id, seq)
+    SELECT * FROM unnest(%s::uuid[], %s::int[], %s::text[]) AS w(id, seq, detail)
 ), locked AS (
     SELECT id, status, message_seq FROM notification WHERE id = ANY(%s::uuid[])
     ORDER BY id
@@ -133,10 +133,10 @@ WITH wanted AS (
     SET status = 'Delivered', delivered_at = %s, lease_until = NULL, updated_at = %s
     FROM locked JOIN wanted ON locked.id = wanted.id AND locked.message_seq = wanted.seq
     WHERE n.id = locked.id AND locked.status = 'Processing'
-    RETURNING n.id, n.delivered_at
+    RETURNING n.id, n.delivered_at, wanted.detail
 )
-INSERT INTO notification_event (notification_id, kind, at, host)
-SELECT id, 'delivered', delivered_at, %s FROM delivered
+INSERT INTO notification_event (notification_id, kind, at, host, detail)
+SELECT id, 'delivered', delivered_at, %s, detail FROM delivered
 RETURNING notification_id
 """
 
@@ -213,21 +213,29 @@ def _finish(notification_id: Any, seq: int, **changes: Any) -> bool:
     )
 
 
-def mark_delivered(seqs: Mapping[Any, int], *, host: str) -> set[str]:
-    """Record rows claimed with these message numbers as delivered; return the ids whose claim still held."""
+def mark_delivered(
+    seqs: Mapping[Any, int], *, host: str, details: Mapping[str, str] | None = None
+) -> set[str]:
+    """Record rows claimed with these message numbers as delivered; return the ids whose claim still held.
+
+    ``details`` gives some of them a detail for their "delivered" event (the relay that took it).
+    """
     if not seqs:
         return set()
     now = utcnow()
+    details = details or {}
     if is_postgres():
         ids, numbers = _pg_arrays(seqs)
-        cursor = db.execute_sql(_PG_DELIVERED, (ids, numbers, ids, now, now, host))
+        texts = [details.get(nid) for nid in ids]
+        cursor = db.execute_sql(_PG_DELIVERED, (ids, numbers, texts, ids, now, now, host))
         return {str(row[0]) for row in cursor.fetchall()}
     done = set()
     with db.atomic():
         for notification_id, seq in seqs.items():
             if _finish(notification_id, seq, status=DELIVERED, delivered_at=now, lease_until=None):
                 done.add(str(notification_id))
-        events.record_many(done, "delivered", host, at=now)
+        for notification_id in done:
+            events.record(notification_id, "delivered", host, detail=details.get(notification_id), at=now)
     return done
 
 

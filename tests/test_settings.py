@@ -37,6 +37,7 @@ def start_with(**env: str) -> subprocess.CompletedProcess:
         ("BROKER_URL", "redis://one:6379/0,redis://two:6379/0"),
         ("CLOUDAMQP_URL", "amqp://node-1/vh;http://node-2"),
         ("RABBITMQ_QUEUE_TYPE", "mirrored"),
+        ("SMTP_URL", "smtp://relay-1:25, http://relay-2"),
         ("DEFAULT_TIMEZONE", "Mars/Olympus"),
     ],
 )

@@ -21,7 +21,7 @@ from actors.providers.base import (
     TransientDeliveryError,
 )
 from actors.providers.outbox import JsonLinesOutbox, MaildirOutbox
-from actors.providers.smtp import SmtpProvider
+from actors.providers.smtp import SmtpFailover, SmtpProvider
 from actors.providers.webhook import WebhookProvider
 
 __all__ = [
@@ -49,8 +49,11 @@ def provider_for(channel: str) -> Provider:
     if provider is not None:
         return provider
     if channel == "email":
-        if settings.SMTP_URL:
-            provider = SmtpProvider(settings.SMTP_URL, settings.EMAIL_FROM, settings.SMTP_TIMEOUT)
+        relays = [SmtpProvider(url, settings.EMAIL_FROM, settings.SMTP_TIMEOUT) for url in settings.SMTP_URLS]
+        if len(relays) > 1:
+            provider = SmtpFailover(relays)
+        elif relays:
+            provider = relays[0]
         else:
             provider = MaildirOutbox(settings.OUTBOX_DIR, sender=settings.EMAIL_FROM)
     elif channel == "push":

@@ -43,11 +43,14 @@ class PermanentDeliveryError(DeliveryError):
 
 
 class Provider(Protocol):
-    """Sends one envelope; must be safe to call from several threads at once."""
+    """Sends one envelope; must be safe to call from several threads at once.
+
+    ``deliver`` may return where the message went (the SMTP relay that took it) for the history.
+    """
 
     name: str
 
-    def deliver(self, envelope: Envelope) -> None: ...
+    def deliver(self, envelope: Envelope) -> str | None: ...
 
 
 class DeviceGone(PermanentDeliveryError):

@@ -1,4 +1,4 @@
-"""Email over SMTP: plain, STARTTLS or implicit TLS, one short connection per message."""
+"""Email over SMTP: plain, STARTTLS or implicit TLS, one short connection per message, relays in turn."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import re
 import smtplib
 import socket
 import ssl
+from collections.abc import Sequence
 from email.message import EmailMessage
 from email.utils import formatdate, getaddresses, parseaddr
 from urllib.parse import quote, unquote, urlsplit
@@ -54,6 +55,10 @@ def build_message(envelope: Envelope, sender: str) -> EmailMessage:
     return message
 
 
+class RelayRefused(PermanentDeliveryError):
+    """A relay's 5xx to us, not to the message (greeting, EHLO, AUTH, MAIL FROM): another may take it."""
+
+
 class SmtpProvider:
     """Sends through the relay an ``smtp://``, ``smtp+starttls://`` or ``smtps://`` URL names."""
 
@@ -81,11 +86,14 @@ class SmtpProvider:
         # smtplib would otherwise resolve our FQDN again for every connection's EHLO.
         self._local_hostname = socket.getfqdn()
 
-    def __repr__(self) -> str:
-        return f"SmtpProvider({self.scheme}://{self.host}:{self.port})"
+        #: The relay as events and logs name it: its URL without the credentials.
+        self.address = f"{self.scheme}://{self.host}:{self.port}"
 
-    def deliver(self, envelope: Envelope) -> None:
-        """Send one email; SMTP 4xx and network trouble are transient, 5xx permanent."""
+    def __repr__(self) -> str:
+        return f"SmtpProvider({self.address})"
+
+    def deliver(self, envelope: Envelope) -> str:
+        """Send one email, return the relay; 4xx and network trouble are transient, 5xx permanent."""
         message = build_message(envelope, self.sender)
         recipient = recipient_address(envelope)
         try:
@@ -93,14 +101,19 @@ class SmtpProvider:
         except smtplib.SMTPRecipientsRefused as exc:
             # Not an SMTPResponseException: the codes are per recipient, and we send to exactly one.
             code, text = next(iter(exc.recipients.values()), (-1, b"recipient refused"))
-            raise _by_code(code, text) from exc
+            raise _by_code(code, text, self.address) from exc
+        except smtplib.SMTPDataError as exc:
+            # Refused at DATA: the message or its recipient, which no other relay would take either.
+            raise _by_code(exc.smtp_code, exc.smtp_error, self.address) from exc
         except smtplib.SMTPResponseException as exc:
-            raise _by_code(exc.smtp_code, exc.smtp_error) from exc
+            # Greeting, EHLO, AUTH or MAIL FROM: this relay's verdict on us, not on the message.
+            raise _by_code(exc.smtp_code, exc.smtp_error, self.address, permanent=RelayRefused) from exc
         except (smtplib.SMTPException, OSError) as exc:
             # Disconnects, timeouts, refused connections, TLS failures, a server lacking STARTTLS/AUTH:
             # all may pass once the network or the relay's configuration is fixed.
-            raise TransientDeliveryError(f"SMTP {self.host}:{self.port}: {exc!r}") from exc
-        logger.debug("Delivered %s to %s via %r", envelope.notification_id, recipient, self)
+            raise TransientDeliveryError(f"SMTP {self.address}: {exc!r}") from exc
+        logger.debug("Delivered %s to %s via %s", envelope.notification_id, recipient, self.address)
+        return self.address
 
     def _send(self, message: EmailMessage, recipient: str) -> None:
         smtp = self._connect()
@@ -152,11 +165,55 @@ def _quit_quietly(smtp: smtplib.SMTP) -> None:
         smtp.close()
 
 
-def _by_code(code: int, text: bytes | str) -> TransientDeliveryError | PermanentDeliveryError:
+def _by_code(
+    code: int,
+    text: bytes | str,
+    relay: str,
+    *,
+    permanent: type[PermanentDeliveryError] = PermanentDeliveryError,
+) -> TransientDeliveryError | PermanentDeliveryError:
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
-    reason = f"SMTP {code} {_one_line(text)}"
+    reason = f"SMTP {code} {_one_line(text)} from {relay}"
     if 500 <= code <= 599:
-        return PermanentDeliveryError(reason)
+        return permanent(reason)
     # 4xx by definition; anything stranger (a -1 from smtplib, a 3xx where 2xx was due) is not a verdict.
     return TransientDeliveryError(reason)
+
+
+class SmtpFailover:
+    """Several relays in order of preference: the first that takes a message delivers it.
+
+    A transient failure (network trouble, a timeout, a 4xx) or a relay refusing us moves on to the
+    next relay at once; a 5xx about the message or its recipient ends the attempt, since every relay
+    would say the same. When no relay took it, the attempt is transient if any relay's failure was.
+    """
+
+    name = "smtp"
+
+    def __init__(self, relays: Sequence[SmtpProvider]) -> None:
+        if not relays:
+            raise ValueError("SmtpFailover needs at least one relay")
+        self.relays = tuple(relays)
+
+    def __repr__(self) -> str:
+        return f"SmtpFailover({', '.join(relay.address for relay in self.relays)})"
+
+    def deliver(self, envelope: Envelope) -> str:
+        """Send through the first relay that takes the email; return that relay."""
+        failures: list[PermanentDeliveryError | TransientDeliveryError] = []
+        for relay in self.relays:
+            try:
+                return relay.deliver(envelope)
+            except (TransientDeliveryError, RelayRefused) as exc:
+                logger.warning(
+                    "Relay %s did not take %s, trying the next: %s",
+                    relay.address,
+                    envelope.notification_id,
+                    exc,
+                )
+                failures.append(exc)
+        reason = "no relay took it: " + "; ".join(failure.reason for failure in failures)
+        if any(failure.transient for failure in failures):
+            raise TransientDeliveryError(reason) from failures[-1]
+        raise PermanentDeliveryError(reason) from failures[-1]
