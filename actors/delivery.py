@@ -52,6 +52,7 @@ def envelope_of(notification: transitions.Claimed) -> Envelope:
         subject=notification.subject,
         title=notification.title,
         data=notification.data,
+        html=notification.html,
     )
 
 

@@ -18,6 +18,7 @@ from storage.clock import from_db
 from storage.models import CHANNELS, STATUSES, Notification
 
 MAX_CONTENT = 10_000
+MAX_HTML = 100_000
 # Far enough for any real schedule, near enough that date arithmetic cannot overflow.
 MAX_SCHEDULE_AHEAD = dt.timedelta(days=3660)
 # A field's description that names configured limits, as ``{MAX_DATA_BYTES}`` (see document_limits).
@@ -121,6 +122,11 @@ class EmailRequest(NotificationRequest):
         metadata={"description": "The recipient's email address"},
     )
     subject = Text(validate=validate.Length(max=255), load_default=None)
+    html = Text(
+        validate=validate.Length(min=1, max=MAX_HTML),
+        load_default=None,
+        metadata={"description": "an HTML part, sent with `content` as multipart/alternative"},
+    )
 
     @post_load
     def _fold_subject(self, data: dict[str, Any], **_kwargs: Any) -> dict[str, Any]:
@@ -278,6 +284,7 @@ class NotificationSchema(Schema):
     subject = fields.String(allow_none=True)
     title = fields.String(allow_none=True)
     data = fields.Dict(allow_none=True)
+    html = fields.String(allow_none=True)
 
 
 class NotificationList(Schema):

@@ -39,6 +39,8 @@ class Notification(BaseModel):
     subject = peewee.CharField(max_length=998, null=True)
     title = peewee.CharField(max_length=255, null=True)
     data = JSONField(null=True)
+    # An email's HTML part, sent beside ``content`` (its text part) as multipart/alternative.
+    html = peewee.TextField(null=True)
     timezone = peewee.CharField(max_length=64)
     # The instant the client asked for, and the instant it is due (moved into appropriate hours).
     scheduled_time = peewee.DateTimeField()

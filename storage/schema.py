@@ -88,6 +88,16 @@ def _name_the_message_numbers(database: peewee.Database) -> None:
         database.execute_sql("DROP TABLE dispatch_pass")
 
 
+def _add_html_part(database: peewee.Database) -> None:
+    # A database created from the current models already has the column.
+    _add_column(database, "notification", "html", "TEXT NULL")
+
+
+def _add_column(database: peewee.Database, table: str, column: str, definition: str) -> None:
+    if column not in {c.name for c in database.get_columns(table)}:
+        database.execute_sql(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+
+
 def _rename_column(database: peewee.Database, table: str, old: str, new: str) -> None:
     if old in {column.name for column in database.get_columns(table)}:
         database.execute_sql(f"ALTER TABLE {table} RENAME COLUMN {old} TO {new}")
@@ -101,6 +111,7 @@ MIGRATIONS: list[Callable[[peewee.Database], None]] = [
     _index_the_scheduler_queries,
     _add_scheduler_passes,
     _name_the_message_numbers,
+    _add_html_part,
 ]
 
 

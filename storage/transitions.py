@@ -43,6 +43,7 @@ class Claimed(NamedTuple):
     attempts_at_force: int
     last_error: str | None
     worker_host: str
+    html: str | None = None
 
 
 # Claimed's columns, in its order; the id as text, as every caller wants it.

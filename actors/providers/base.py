@@ -18,6 +18,7 @@ class Envelope:
     subject: str | None = None
     title: str | None = None
     data: dict[str, Any] | None = field(default=None)
+    html: str | None = None  # email: the HTML alternative to ``content``
 
 
 class DeliveryError(Exception):

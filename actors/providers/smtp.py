@@ -43,7 +43,10 @@ def recipient_address(envelope: Envelope) -> str:
 
 
 def build_message(envelope: Envelope, sender: str) -> EmailMessage:
-    """The email for an envelope; raises PermanentDeliveryError for a recipient no server could take."""
+    """The email for an envelope; raises PermanentDeliveryError for a recipient no server could take.
+
+    With an HTML part it is multipart/alternative, the text first: readers show the last part they can.
+    """
     recipient_address(envelope)
     message = EmailMessage()
     message["From"] = _one_line(sender)
@@ -52,6 +55,8 @@ def build_message(envelope: Envelope, sender: str) -> EmailMessage:
     message["Date"] = formatdate(usegmt=True)
     message["Message-ID"] = message_id_for(envelope.notification_id, sender)
     message.set_content(envelope.content)
+    if envelope.html:
+        message.add_alternative(envelope.html, subtype="html")
     return message
 
 
