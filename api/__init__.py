@@ -23,7 +23,18 @@ from actors.heartbeat import Heartbeat
 from actors.logcontext import LogContext
 from actors.metrics import DeliveryMetrics
 from actors.scheduler import SchedulerMiddleware
-from api import auth, dashboard, health, metrics, notifications, prometheus, proxies, ratelimit, schemas
+from api import (
+    auth,
+    dashboard,
+    health,
+    metrics,
+    notifications,
+    prometheus,
+    proxies,
+    ratelimit,
+    schemas,
+    templates,
+)
 from api.dashboard import dramatiq_dashboard
 from storage import schedule
 
@@ -69,6 +80,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     schemas.document_limits(api.ma_plugin.converter, app.config)
 
     api.register_blueprint(notifications.blp)
+    api.register_blueprint(templates.blp)
     api.register_blueprint(health.blp)
     api.register_blueprint(metrics.blp)
     app.register_blueprint(dashboard.blp)

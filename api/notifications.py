@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 from uuid import UUID
 
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
-from api import usecases
+from api import rendering, usecases
 from api.idempotency import idempotent, request_key
 from api.schemas import (
     AcceptedResponse,
@@ -47,10 +47,21 @@ def _answer(use_case: Callable[[UUID], Result], notification_id: UUID) -> Result
     raise AssertionError("unreachable: abort raises")
 
 
+def _unrenderable(exc: rendering.RenderError) -> NoReturn:
+    """A template that does not render for the request: a 422 naming the field (and the batch's item)."""
+    errors: dict[str, Any] = {exc.field: [exc.message]}
+    abort(422, errors={"json": errors if exc.item is None else {"notifications": {str(exc.item): errors}}})
+    raise AssertionError("unreachable: abort raises")
+
+
 def _scheduled(channel: str, fields: dict[str, Any]) -> dict[str, Any]:
+    try:
+        notification_id = usecases.accept(channel, fields, request_key())
+    except rendering.RenderError as exc:
+        _unrenderable(exc)
     return {
         "status": "success",
-        "notification_id": usecases.accept(channel, fields, request_key()),
+        "notification_id": notification_id,
         "message": f"{channel.capitalize()} notification scheduled",
     }
 
@@ -85,7 +96,10 @@ class NotificationBatch(MethodView):
     @blp.alt_response(413, response="REQUEST_ENTITY_TOO_LARGE")
     def post(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Schedule up to 1000 notifications at once, all or none"""
-        ids = usecases.accept_batch(batch["notifications"], request_key())
+        try:
+            ids = usecases.accept_batch(batch["notifications"], request_key())
+        except rendering.RenderError as exc:
+            _unrenderable(exc)
         return {
             "status": "success",
             "count": len(ids),

@@ -10,9 +10,10 @@ from zoneinfo import ZoneInfo, available_timezones
 
 from apispec.ext.marshmallow.field_converter import FieldConverterMixin
 from flask import current_app
-from marshmallow import Schema, ValidationError, fields, post_load, validate, validates
+from marshmallow import Schema, ValidationError, fields, post_load, validate, validates, validates_schema
 from marshmallow.types import StrSequenceOrSet, UnknownOption
 
+from api.rendering import LOCALE
 from api.validation import Text, bounded_json, encodable, printable
 from storage.clock import from_db
 from storage.models import CHANNELS, STATUSES, Notification
@@ -21,6 +22,7 @@ MAX_CONTENT = 10_000
 MAX_HTML = 100_000
 # Far enough for any real schedule, near enough that date arithmetic cannot overflow.
 MAX_SCHEDULE_AHEAD = dt.timedelta(days=3660)
+TEMPLATE_NAME = r"[a-z0-9_.-]{1,100}"
 # A field's description that names configured limits, as ``{MAX_DATA_BYTES}`` (see document_limits).
 LIMITS_DOC = "limits_description"
 
@@ -60,7 +62,31 @@ class TimezoneField(fields.Field[ZoneInfo]):
 
 class NotificationRequest(Schema):
     recipient_id: fields.String = Text(required=True, validate=[validate.Length(min=1, max=255), printable])
-    content = Text(required=True, validate=validate.Length(min=1, max=MAX_CONTENT))
+    # Exactly one of content and template (see _content_or_template).
+    content = Text(validate=validate.Length(min=1, max=MAX_CONTENT))
+    template = Text(
+        validate=validate.Regexp(
+            f"^{TEMPLATE_NAME}$", error="Must be 1-100 characters of a-z, 0-9, _, . and -."
+        ),
+        metadata={"description": "render the texts from this template instead of giving `content`"},
+    )
+    variables = fields.Dict(
+        keys=fields.String(),
+        validate=bounded_json,
+        metadata={
+            "description": "the template's variables, a JSON object",
+            LIMITS_DOC: "at most {MAX_DATA_BYTES} bytes",
+        },
+    )
+    locale = Text(
+        validate=[
+            validate.Length(max=35),
+            validate.Regexp(f"^{LOCALE.pattern}$", error="Must be a locale such as pl-PL."),
+        ],
+        metadata={
+            "description": "the template's locale to render, falling back from `pl-PL` to `pl` to its default"
+        },
+    )
     timezone = TimezoneField(load_default=lambda: ZoneInfo(current_app.config["DEFAULT_TIMEZONE"]))
     scheduled_time = fields.DateTime(
         load_default=None,
@@ -75,6 +101,22 @@ class NotificationRequest(Schema):
     @validates("scheduled_time")
     def _not_too_far(self, value: dt.datetime | None, **_kwargs: Any) -> None:
         _check_schedule(value)
+
+    @validates_schema
+    def _content_or_template(self, data: dict[str, Any], **_kwargs: Any) -> None:
+        if "template" not in data:
+            if "content" not in data:
+                raise ValidationError("Missing data for required field (or give template).", "content")
+            errors = {name: ["Only with template."] for name in ("variables", "locale") if name in data}
+            if errors:
+                raise ValidationError(errors)
+            return
+        if "content" in data:
+            raise ValidationError("Give content or template, not both.", "content")
+        # The template gives every text; the request's own would be silently dropped.
+        given = [name for name in ("subject", "title", "html") if data.get(name) is not None]
+        if given:
+            raise ValidationError({name: ["The template gives this text."] for name in given})
 
 
 def _check_schedule(value: dt.datetime | None) -> None:
@@ -136,7 +178,30 @@ class EmailRequest(NotificationRequest):
         return data
 
 
-_PUSH_FIELDS = frozenset(PushRequest._declared_fields)
+# A request naming a template goes through the schema, which checks it against content.
+_PUSH_FIELDS = frozenset(PushRequest._declared_fields) - {"template", "variables", "locale"}
+_RENDERED = {"text": "content", "subject": "subject", "title": "title", "html": "html"}
+
+
+def rendered_fields(channel: str, texts: dict[str, str]) -> dict[str, Any]:
+    """A template's rendered texts as a request's fields, held to the same limits; ValidationError if not."""
+    schema = EmailRequest if channel == "email" else PushRequest
+    loaded: dict[str, Any] = {}
+    errors = {}
+    for field, text in texts.items():
+        name = _RENDERED[field]
+        if name == "html" and not text.strip():
+            loaded[name] = None  # a template's HTML may render to nothing: the email is then text only
+            continue
+        try:
+            loaded[name] = schema._declared_fields[name].deserialize(text)
+        except ValidationError as exc:
+            errors[name] = exc.messages
+    if errors:
+        raise ValidationError(errors)
+    if loaded.get("subject"):
+        loaded["subject"] = " ".join(loaded["subject"].split())
+    return loaded
 
 
 def plain_push(body: dict[str, Any]) -> dict[str, Any] | None:
@@ -285,6 +350,8 @@ class NotificationSchema(Schema):
     title = fields.String(allow_none=True)
     data = fields.Dict(allow_none=True)
     html = fields.String(allow_none=True)
+    template = fields.String(allow_none=True, metadata={"description": "the template the texts came from"})
+    locale = fields.String(allow_none=True, metadata={"description": "the template's locale used"})
 
 
 class NotificationList(Schema):

@@ -20,13 +20,14 @@ from storage.models import PENDING, Notification
 _CREATE_COLUMNS = (
     "id", "channel", "recipient_id", "content", "subject", "title", "data", "timezone", "scheduled_time",
     "appropriate_delivery", "due_at", "status", "attempt_count", "attempts_at_force", "forced",
-    "message_seq", "api_host", "created_at", "updated_at", "html",
+    "message_seq", "api_host", "created_at", "updated_at", "html", "template", "locale",
 )  # fmt: skip
 
 # What a notification starts with, besides what the client sent and when and where it was accepted.
 _NEW_ROW = {
     "subject": None, "title": None, "data": None, "status": PENDING, "attempt_count": 0,
-    "attempts_at_force": 0, "forced": False, "message_seq": 0, "html": None,
+    "attempts_at_force": 0, "forced": False, "message_seq": 0, "html": None, "template": None,
+    "locale": None,
 }  # fmt: skip
 
 # The API's write of notifications on PostgreSQL, one statement for the rows of many requests.
@@ -121,7 +122,7 @@ def _pg_copy(ids: list[str], rows: list[dict[str, Any]], *, host: str, now: dt.d
         f"{_copy_text(row.get('subject'))}\t{_copy_text(row.get('title'))}\t"
         f"{_copy_text(data(row.get('data')))}\t{row['timezone']}\t{row['scheduled_time']}\t"
         f"{'t' if row['appropriate_delivery'] else 'f'}\t{row['due_at']}{accepted}"
-        f"{_copy_text(row.get('html'))}\n"
+        f"{_copy_text(row.get('html'))}\t{_copy_text(row.get('template'))}\t{_copy_text(row.get('locale'))}\n"
         for nid, row in zip(ids, rows, strict=True)
     ]
     with peewee.__exception_wrapper__:  # type: ignore[attr-defined]

@@ -1,4 +1,5 @@
-"""The tables: notifications, their events, the schedulers' passes, worker processes, request guards."""
+"""The tables: notifications, their events, the schedulers' passes, worker processes, request guards,
+templates."""
 
 from __future__ import annotations
 
@@ -41,6 +42,9 @@ class Notification(BaseModel):
     data = JSONField(null=True)
     # An email's HTML part, sent beside ``content`` (its text part) as multipart/alternative.
     html = peewee.TextField(null=True)
+    # The template the texts were rendered from when accepted, and the locale of it used.
+    template = peewee.CharField(max_length=100, null=True)
+    locale = peewee.CharField(max_length=35, null=True)
     timezone = peewee.CharField(max_length=64)
     # The instant the client asked for, and the instant it is due (moved into appropriate hours).
     scheduled_time = peewee.DateTimeField()
@@ -121,3 +125,15 @@ class RateLimitWindow(BaseModel):
 
     class Meta:
         primary_key = peewee.CompositeKey("client", "window")
+
+
+class Template(BaseModel):
+    """A named template: per locale, the sources of the texts a notification of ``channel`` has."""
+
+    name = peewee.CharField(max_length=100, primary_key=True)
+    channel = peewee.CharField(max_length=8)
+    default_locale = peewee.CharField(max_length=35)
+    # {locale: {field: Jinja2 source}}; the fields are the channel's (subject, text, html / title, text).
+    locales = JSONField()
+    created_at = peewee.DateTimeField()
+    updated_at = peewee.DateTimeField()

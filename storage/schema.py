@@ -13,6 +13,7 @@ from storage.models import (
     NotificationEvent,
     RateLimitWindow,
     SchedulerPass,
+    Template,
     WorkerProcess,
 )
 
@@ -93,6 +94,12 @@ def _add_html_part(database: peewee.Database) -> None:
     _add_column(database, "notification", "html", "TEXT NULL")
 
 
+def _add_templates(database: peewee.Database) -> None:
+    database.create_tables([Template], safe=True)
+    _add_column(database, "notification", "template", "VARCHAR(100) NULL")
+    _add_column(database, "notification", "locale", "VARCHAR(35) NULL")
+
+
 def _add_column(database: peewee.Database, table: str, column: str, definition: str) -> None:
     if column not in {c.name for c in database.get_columns(table)}:
         database.execute_sql(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
@@ -112,6 +119,7 @@ MIGRATIONS: list[Callable[[peewee.Database], None]] = [
     _add_scheduler_passes,
     _name_the_message_numbers,
     _add_html_part,
+    _add_templates,
 ]
 
 
