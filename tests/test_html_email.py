@@ -155,6 +155,18 @@ def test_html_email_end_to_end_is_read_back_multipart(
         assert nid in received.message["Message-ID"]
         assert [t for t, _ in parts(received.message)] == ["text/plain", "text/html"]
         assert text(received.message.get_body(("html",))) == HTML
+
+        # Rendered from a template: the same message, the HTML part autoescaped.
+        locales = {"en": {"subject": "Hi {{ name }}", "text": "Hi {{ name }}", "html": "<p>{{ name }}</p>"}}
+        template = {"channel": "email", "default_locale": "en", "locales": locales}
+        assert running.request("PUT", "/templates/hello", template)[0] == 201
+        rendered = running.notify(
+            "email", recipient_id="ann@example.com", template="hello", variables={"name": "A<B"}
+        )
+        running.await_status(rendered, "Delivered")
+        [_, mail] = smtp_server.wait_for(2)
+        assert mail.message["Subject"] == "Hi A<B"
+        assert parts(mail.message) == [("text/plain", "Hi A<B"), ("text/html", "<p>A&lt;B</p>")]
     except BaseException:
         print(running.logs())
         raise
