@@ -157,6 +157,10 @@ class Connection:
             "connection" not in headers or "close" not in _tokens(headers["connection"])
         )
         length = _body_length(headers)
+        if length == _CHUNKED and status_line[1] == b"0":
+            # HTTP/1.0 has no transfer codings: such a message was likely forwarded by something that
+            # did not decode them, so its framing cannot be trusted (RFC 9112 6.1).
+            raise ProtocolError("Transfer-Encoding in an HTTP/1.0 answer")
         if status in (204, 304):
             return Response(status, headers, b""), keep
         if length == _CHUNKED:
