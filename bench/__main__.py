@@ -10,6 +10,7 @@ import time
 import traceback
 
 from bench.common import BenchError, machine_info
+from bench.rounds import print_summary
 from harness.servers import Unavailable
 
 BENCHMARKS = {
@@ -60,12 +61,13 @@ def main(argv: list[str] | None = None) -> int:
         f"Mode: {'quick (small N: smoke run, not the figures)' if args.quick else 'full'}; scale {args.scale}"
     )
     failed = []
+    figures: dict[str, dict] = {}
     started = time.monotonic()
     for name in names:
         print(f"\n=== {name}: {BENCHMARKS[name]}", flush=True)
         began = time.monotonic()
         try:
-            importlib.import_module(f"bench.{name}").run(quick=args.quick, scale=args.scale)
+            figures[name] = importlib.import_module(f"bench.{name}").run(quick=args.quick, scale=args.scale)
         except (BenchError, Unavailable, TimeoutError) as exc:
             failed.append(name)
             print(f"  {name} could not run: {exc}", file=sys.stderr)
@@ -73,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(name)
             traceback.print_exc()
         print(f"  {name} took {time.monotonic() - began:.0f}s", flush=True)
+    print_summary(figures, os.getloadavg())
     print(
         f"\nAll done in {time.monotonic() - started:.0f}s"
         + (f"; failed: {', '.join(failed)}" if failed else "")
