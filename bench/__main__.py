@@ -10,13 +10,14 @@ import time
 import traceback
 
 from bench.common import BenchError, machine_info
+from bench.rounds import print_summary
 from harness.servers import Unavailable
 
 BENCHMARKS = {
-    "ingest": "POST /notifications/push: requests/s and latency at concurrency 16 and 64",
-    "bulk": "POST /notifications/batch: notifications/s accepted",
-    "e2e": "due-now notifications to a local push endpoint, vs. a no-op Dramatiq actor; confirms on/off",
-    "precision": "notifications all due in one minute: lateness p50/p99/max",
+    "ingest": "POST /notifications/push at c=64, plain and with keys and limit, vs bare Flask, interleaved",
+    "bulk": "POST /notifications/batch of 1,000 vs the table's own 1,000-row INSERTs, interleaved",
+    "e2e": "due-now notifications to a push endpoint vs a no-op Dramatiq actor draining as many, interleaved",
+    "precision": "100,000 notifications all due within one minute: lateness p50/p99/max",
     "schedule_scale": "notifications scheduled for next week: accept time, database size, broker, RSS",
     "memory": "RSS of gunicorn and dramatiq workers at idle and under load",
 }
@@ -60,12 +61,13 @@ def main(argv: list[str] | None = None) -> int:
         f"Mode: {'quick (small N: smoke run, not the figures)' if args.quick else 'full'}; scale {args.scale}"
     )
     failed = []
+    figures: dict[str, dict] = {}
     started = time.monotonic()
     for name in names:
         print(f"\n=== {name}: {BENCHMARKS[name]}", flush=True)
         began = time.monotonic()
         try:
-            importlib.import_module(f"bench.{name}").run(quick=args.quick, scale=args.scale)
+            figures[name] = importlib.import_module(f"bench.{name}").run(quick=args.quick, scale=args.scale)
         except (BenchError, Unavailable, TimeoutError) as exc:
             failed.append(name)
             print(f"  {name} could not run: {exc}", file=sys.stderr)
@@ -73,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(name)
             traceback.print_exc()
         print(f"  {name} took {time.monotonic() - began:.0f}s", flush=True)
+    print_summary(figures, os.getloadavg())
     print(
         f"\nAll done in {time.monotonic() - started:.0f}s"
         + (f"; failed: {', '.join(failed)}" if failed else "")

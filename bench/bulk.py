@@ -1,6 +1,5 @@
-"""Bulk ingest: POST /notifications/batch with 1,000 notifications a request, from 2 and 4 client threads.
-
-Also measured, as the database's ceiling: 1,000-row INSERTs of rows PostgreSQL makes itself, straight
+"""Bulk ingest: POST /notifications/batch with 1,000 notifications a request from 2 client threads, in
+alternating rounds with the database's ceiling: 1,000-row INSERTs of rows PostgreSQL makes itself, straight
 into the same table with its indexes, from 2 connections (no HTTP, JSON, validation or Python).
 """
 
@@ -11,93 +10,71 @@ import itertools
 import threading
 import time
 
-from bench.common import log, percentile, post_batches, print_table, running, write_result
+from bench.common import percentile, post_batches, running, write_result
+from bench.rounds import ROUNDS, interleave, print_ratios, summarise
 from harness.payloads import batch_body, next_week, push_item
 
 NAME = "bulk"
-TARGET = "50,000 notifications/s accepted"
+THREADS = 2
 BATCH = 1000
 
 
 def run(quick: bool, scale: float = 1.0) -> dict:
-    seconds = 3 if quick else max(5, round(30 * scale))
+    """Batches from 2 client threads and the table's own INSERTs from 2 connections, in turn."""
+    seconds = 2 if quick else max(3, round(8 * scale))
     week = next_week()
     # A few distinct bodies (times spread over the week), encoded once so the client costs little CPU.
     bodies = [
         batch_body([push_item(i, week + dt.timedelta(seconds=(b * BATCH + i) * 7)) for i in range(BATCH)])
         for b in range(8)
     ]
-    rows = []
+    notes = []
     with running(NAME, {}) as (service, made, _):
         post_batches(service.base_url, iter(bodies[:2]), concurrency=2)  # warm-up
-        for concurrency in (2, 4):
-            log(f"{seconds}s of {BATCH}-notification batches from {concurrency} threads")
+
+        def batches() -> dict:
             deadline = time.monotonic() + seconds
             result = post_batches(
-                service.base_url, itertools.cycle(bodies), concurrency=concurrency, deadline=deadline
+                service.base_url, itertools.cycle(bodies), concurrency=THREADS, deadline=deadline
             )
-            rows.append(
-                {
-                    "concurrency": concurrency,
-                    "batch_size": BATCH,
-                    "seconds": round(result.elapsed, 2),
-                    "requests": result.requests,
-                    "accepted": result.accepted,
-                    "notifications_per_s": round(result.accepted / result.elapsed, 1),
-                    "p50_ms": round((percentile(result.latencies, 50) or 0) * 1000, 1),
-                    "p99_ms": round((percentile(result.latencies, 99) or 0) * 1000, 1),
-                    "errors": result.errors,
-                    "error_samples": result.error_samples,
-                }
-            )
+            return {
+                "concurrency": THREADS,
+                "seconds": round(result.elapsed, 2),
+                "requests": result.requests,
+                "accepted": result.accepted,
+                "notifications_per_s": round(result.accepted / result.elapsed, 1),
+                "p50_ms": round((percentile(result.latencies, 50) or 0) * 1000, 1),
+                "p99_ms": round((percentile(result.latencies, 99) or 0) * 1000, 1),
+                "errors": result.errors,
+                "error_samples": result.error_samples,
+            }
+
+        ours, theirs = interleave(
+            batches, lambda: table_ceiling(made, seconds, connections=THREADS), ROUNDS, "batch_1000"
+        )
         stored = made.sql("SELECT count(*) FROM notification")[0][0]
-        log(f"ceiling: {seconds}s of 1,000-row INSERTs into the table from 2 connections")
-        table = table_ceiling(made, seconds, connections=2)
-    print_table(
-        f"Bulk ingest: POST /notifications/batch (target: {TARGET})",
-        [
-            "threads",
-            "notifications/s",
-            "of table ceiling",
-            "batches",
-            "p50 ms/batch",
-            "p99 ms/batch",
-            "errors",
-        ],
-        [
-            [
-                r["concurrency"],
-                r["notifications_per_s"],
-                f"{100 * r['notifications_per_s'] / table['rows_per_s']:.0f}%",
-                r["requests"],
-                r["p50_ms"],
-                r["p99_ms"],
-                r["errors"],
-            ]
-            for r in rows
-        ]
-        + [
-            [
-                "table ceiling (SQL, 2 connections)",
-                table["rows_per_s"],
-                "100%",
-                table["statements"],
-                "-",
-                "-",
-                0,
-            ]
-        ],
-    )
-    best = max(r["notifications_per_s"] for r in rows)
+    errors = sum(r["errors"] for r in ours)
+    if errors:
+        notes.append(f"{errors} batch requests failed: {ours[0]['error_samples']}")
     results = {
-        "runs": rows,
-        "table_ceiling": table,
-        "rows_stored": stored,
-        "target": TARGET,
-        "target_met": best >= 50000,
+        "batch_1000": {
+            **summarise([r["notifications_per_s"] for r in ours], [r["rows_per_s"] for r in theirs]),
+            "unit": "notifications/s",
+            "service_runs": ours,
+            "ceiling_runs": theirs,
+            "rows_stored": stored,
+            "errors": errors,
+        }
     }
-    params = {"seconds": seconds, "batch_size": BATCH, "client": "Python threads, kept-alive http.client"}
-    write_result(NAME, quick, params, results, [])
+    print_ratios(f"Bulk ingest: POST /notifications/batch of {BATCH:,}, interleaved", results)
+    params = {
+        "seconds_per_round": seconds,
+        "rounds": ROUNDS,
+        "batch_size": BATCH,
+        "client": f"{THREADS} Python threads, kept-alive http.client",
+        "ceiling": f"1,000-row INSERT ... SELECT generate_series from {THREADS} connections",
+    }
+    write_result(NAME, quick, params, results, notes)
     return results
 
 

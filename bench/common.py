@@ -252,7 +252,9 @@ class Profiler:
             for proc in service.by_role().get(role, []):
                 out = directory / f"{name}-{role.replace(' ', '-')}-{proc.pid}.txt"
                 args = [str(BIN / "py-spy"), "record", "--pid", str(proc.pid), "--rate", "100"]
-                args += ["--format", "raw", "--output", str(out), "--threads"]
+                # --idle: a request's wall time includes its waits (locks, the database), which is
+                # where the ingest path's time goes as much as into CPU.
+                args += ["--format", "raw", "--output", str(out), "--threads", "--idle"]
                 self.recorders.append(
                     subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 )

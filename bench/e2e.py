@@ -1,5 +1,5 @@
-"""End-to-end delivery: N due-now notifications to a local push endpoint, with publisher confirms on and
-off, against the ceiling of a no-op Dramatiq actor on the same broker (`-p 1 -t 8` and `-p 2 -t 8`)."""
+"""End-to-end delivery: N due-now notifications to a local push endpoint, in alternating rounds with the
+ceiling of a no-op Dramatiq actor (`-p 1 -t 8`) draining N messages on the same broker."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import BenchError, backing, log, post_batches, print_table, running, write_result
+from bench.common import BenchError, backing, log, post_batches, running, write_result
+from bench.rounds import ROUNDS, interleave, print_ratios, summarise
 from harness.payloads import batch_body, push_item
 from harness.processes import ALL_DAY, BIN, ROOT, stop
 from harness.waiting import wait_until
 
 NAME = "e2e"
-TARGET = "the pipeline reaches at least half of the no-op ceiling"
 BATCH = 1000
 
 
@@ -140,61 +140,38 @@ def ceiling(n: int, processes: int, threads: int, timeout: float) -> dict[str, A
 
 
 def run(quick: bool, scale: float = 1.0) -> dict:
+    """The pipeline (confirms on, the default) and the no-op drain of the same count, in turn."""
     n = 1000 if quick else max(1000, round(20000 * scale))
     timeout = 60 if quick else 300
     notes = []
-    runs = [pipeline(n, confirms, timeout) for confirms in (True, False)]
-    ceilings = [ceiling(n, processes, 8, timeout) for processes in (1, 2)]
-    for r in runs:
+    ours, theirs = interleave(
+        lambda: pipeline(n, True, timeout), lambda: ceiling(n, 1, 8, timeout), ROUNDS, "webhook_delivery"
+    )
+    for r in ours:
         if not r["complete"]:
             notes.append(
-                f"PUBLISH_CONFIRMS={r['publish_confirms']}: only {r['received_unique']:,} of {n:,} delivered "
-                f"within {timeout}s; the rate is over those"
+                f"a round delivered only {r['received_unique']:,} of {n:,} within {timeout}s; "
+                "its rate is over those"
             )
-    base = ceilings[0]["messages_per_s"]
-    print_table(
-        f"End-to-end delivery of {n:,} due-now push notifications (target: {TARGET})",
-        ["what", "per s", "of -p1 ceiling", "span s", "accept s", "p50 accept->deliv s", "p99 s", "dups"],
-        [
-            [
-                f"pipeline, confirms {'on' if r['publish_confirms'] else 'off'}",
-                r["deliveries_per_s"],
-                f"{r['deliveries_per_s'] / base:.0%}",
-                r["first_accept_to_last_delivery_s"],
-                r["accept_seconds"],
-                r["accept_to_delivery_p50_s"],
-                r["accept_to_delivery_p99_s"],
-                r["duplicates"],
-            ]
-            for r in runs
-        ]
-        + [
-            [
-                f"no-op actor -p {c['processes']} -t {c['threads']}",
-                c["messages_per_s"],
-                f"{c['messages_per_s'] / base:.0%}",
-                c["drain_seconds"],
-                None,
-                None,
-                None,
-                None,
-            ]
-            for c in ceilings
-        ],
-    )
-    best = max(r["deliveries_per_s"] for r in runs)
+    duplicates = sum(r["duplicates"] for r in ours)
     results = {
-        "pipeline": runs,
-        "noop_ceiling": ceilings,
-        "target": TARGET,
-        "target_met": best >= base / 2,
+        "webhook_delivery": {
+            **summarise([r["deliveries_per_s"] for r in ours], [c["messages_per_s"] for c in theirs]),
+            "unit": "deliveries/s",
+            "service_runs": ours,
+            "ceiling_runs": theirs,
+            "duplicates": duplicates,
+        }
     }
+    print_ratios(f"End-to-end delivery of {n:,} due-now push notifications, interleaved", results)
     params = {
         "n": n,
+        "rounds": ROUNDS,
         "timeout_s": timeout,
         "ingest": "POST /notifications/batch, 1000 per request, 2 client threads",
         "service": "gunicorn.conf.py defaults; run_workers.sh push (a process per core x 8 threads)",
         "rate": "unique deliveries / (last arrival at the endpoint - first batch request sent)",
+        "ceiling": "bench/noop_actor.py under dramatiq -p 1 -t 8 draining n pre-queued messages",
     }
     write_result(NAME, quick, params, results, notes)
     return results

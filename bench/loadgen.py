@@ -29,9 +29,16 @@ def have_wrk() -> bool:
 
 
 def load(
-    url: str, body: bytes, concurrency: int, seconds: float, *, prefer_wrk: bool = True
+    url: str,
+    body: bytes,
+    concurrency: int,
+    seconds: float,
+    *,
+    prefer_wrk: bool = True,
+    api_key: str | None = None,
 ) -> dict[str, Any]:
-    """POST ``body`` to ``url`` from ``concurrency`` kept-alive connections for ``seconds``.
+    """POST ``body`` to ``url`` from ``concurrency`` kept-alive connections for ``seconds``
+    (with ``X-API-Key: api_key`` when given).
 
     Returns requests/s, latency percentiles (ms) and error counts; the client is another process.
     """
@@ -42,6 +49,8 @@ def load(
             args = ["wrk", "-t", str(min(2, concurrency)), "-c", str(concurrency), "-d", f"{seconds:.0f}s"]
             args += ["--timeout", "10s", "-s", str(LUA), url]
             env = {"BENCH_BODY_FILE": body_file.name, "PATH": "/usr/bin:/bin"}
+            if api_key:
+                env["BENCH_API_KEY"] = api_key
             tool = "wrk"
         else:
             args = [
@@ -52,6 +61,7 @@ def load(
                 body_file.name,
                 str(concurrency),
                 str(seconds),
+                *([api_key] if api_key else []),
             ]
             env = None
             tool = "python-asyncio"
@@ -104,12 +114,14 @@ async def _connection(host: str, port: int, request: bytes, deadline: float, out
     writer.close()
 
 
-async def _main(url: str, body: bytes, concurrency: int, seconds: float) -> dict[str, Any]:
+async def _main(
+    url: str, body: bytes, concurrency: int, seconds: float, api_key: str | None = None
+) -> dict[str, Any]:
     parts = urlsplit(url)
     assert parts.hostname and parts.port
     request = (
         f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        f"Content-Length: {len(body)}\r\n" + (f"X-API-Key: {api_key}\r\n" if api_key else "") + "\r\n"
     ).encode() + body
     out: dict[str, Any] = {"latencies": [], "socket_errors": 0, "http_errors": 0}
     started = time.monotonic()
@@ -139,5 +151,6 @@ async def _main(url: str, body: bytes, concurrency: int, seconds: float) -> dict
 
 if __name__ == "__main__":
     target, body_path, conns, secs = sys.argv[1:5]
-    result = asyncio.run(_main(target, Path(body_path).read_bytes(), int(conns), float(secs)))
+    key = sys.argv[5] if len(sys.argv) > 5 else None
+    result = asyncio.run(_main(target, Path(body_path).read_bytes(), int(conns), float(secs), key))
     print("BENCH_JSON " + json.dumps(result), flush=True)

@@ -5,6 +5,9 @@ wrk.method = "POST"
 wrk.body = file:read("*a")
 file:close()
 wrk.headers["Content-Type"] = "application/json"
+if os.getenv("BENCH_API_KEY") then
+  wrk.headers["X-API-Key"] = os.getenv("BENCH_API_KEY")
+end
 
 function done(summary, latency, requests)
   local e = summary.errors

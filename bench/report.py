@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from bench.common import RESULTS, fmt
+from bench.rounds import ROUNDS, TARGETS, rounds_text, verdict
 
 
 def _load(name: str, quick: bool) -> dict[str, Any] | None:
@@ -20,64 +21,47 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
+ROUND_HEADERS = ("service rounds", "ceiling rounds")
+
+
 def report(quick: bool) -> str:
     out: list[str] = []
     machine = None
-    if doc := _load("ingest", quick):
-        machine = doc["machine"]
-        out.append(f"### ingest ({doc['mode']}, {doc['params']['seconds']} s per run)\n")
-        out.append(
-            _table(
-                ["concurrency", "requests/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors"],
-                [
+    ratio_rows = []
+    for name in ("ingest", "bulk", "e2e"):
+        if doc := _load(name, quick):
+            machine = machine or doc["machine"]
+            for key, s in doc["results"].items():
+                if key not in TARGETS or "ratio" not in s:
+                    continue
+                what, ceiling, target, _ = TARGETS[key]
+                p99 = (
+                    f"{s['service_p99_median']:.0f} vs {s['ceiling_p99_median']:.0f} ms "
+                    f"({s['p99_ratio']:.2f})"
+                    if s.get("p99_ratio") is not None
+                    else "-"
+                )
+                ratio_rows.append(
                     [
-                        *(r[k] for k in ("concurrency", "requests_per_s", "p50_ms", "p90_ms", "p99_ms")),
-                        r["max_ms"],
-                        r["http_errors"] + r["socket_errors"] + r["timeouts"],
+                        what,
+                        ceiling,
+                        f"**{s['ratio']:.2f}**",
+                        f"{s['service_median']:,.0f} vs {s['ceiling_median']:,.0f} {s.get('unit', '')}",
+                        p99,
+                        target,
+                        verdict(key, s),
+                        rounds_text(s["service_rounds"]),
+                        rounds_text(s["ceiling_rounds"]),
                     ]
-                    for r in doc["results"]["runs"]
-                ],
-            )
-        )
-    if doc := _load("bulk", quick):
-        out.append(f"\n### bulk ({doc['mode']}, {doc['params']['seconds']} s per run, 1,000 per batch)\n")
+                )
+    if ratio_rows:
+        out.append(f"### ratios to ceilings, interleaved ({ROUNDS} rounds each, medians)\n")
         out.append(
             _table(
-                ["client threads", "notifications/s", "p50 ms/batch", "p99 ms/batch", "errors"],
-                [
-                    [r["concurrency"], r["notifications_per_s"], r["p50_ms"], r["p99_ms"], r["errors"]]
-                    for r in doc["results"]["runs"]
-                ],
+                [*("benchmark", "ceiling", "ratio", "medians", "p99", "target", "met"), *ROUND_HEADERS],
+                ratio_rows,
             )
         )
-    if doc := _load("e2e", quick):
-        res = doc["results"]
-        base = res["noop_ceiling"][0]["messages_per_s"]
-        out.append(f"\n### e2e ({doc['mode']}, N = {doc['params']['n']:,})\n")
-        rows = [
-            [
-                f"pipeline, PUBLISH_CONFIRMS={str(r['publish_confirms']).lower()}",
-                r["deliveries_per_s"],
-                f"{r['deliveries_per_s'] / base:.0%}",
-                r["first_accept_to_last_delivery_s"],
-                r["accept_to_delivery_p50_s"],
-                r["accept_to_delivery_p99_s"],
-            ]
-            for r in res["pipeline"]
-        ]
-        rows += [
-            [
-                f"no-op actor -p {c['processes']} -t {c['threads']}",
-                c["messages_per_s"],
-                f"{c['messages_per_s'] / base:.0%}",
-                c["drain_seconds"],
-                None,
-                None,
-            ]
-            for c in res["noop_ceiling"]
-        ]
-        headers = ["what", "per s", "of -p 1 ceiling", "span s", "accept->delivery p50 s", "p99 s"]
-        out.append(_table(headers, rows))
     if doc := _load("precision", quick):
         res = doc["results"]
         out.append(

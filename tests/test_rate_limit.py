@@ -83,3 +83,16 @@ def test_concurrent_hits_each_get_their_own_count(db):
     assert sorted(counts) == list(range(1, 201))
     assert ratelimit.hit("client", 8) == 1
     assert ratelimit.forget_before(8) == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_a_counter_commits_asynchronously_and_nothing_else_does(db):
+    """The counter skips the wait for the disk; the session, and a transaction around it, do not."""
+    ratelimit.RateLimitWindow.delete().execute()
+    assert ratelimit.hit("client", 9) == 1
+    assert db.execute_sql("SHOW synchronous_commit").fetchone()[0] == "on"
+    with db.atomic():
+        assert ratelimit.hit("client", 9) == 2
+        assert db.execute_sql("SHOW synchronous_commit").fetchone()[0] == "on"
+    assert ratelimit.hit("client", 9) == 3
