@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeGuard
 from zoneinfo import ZoneInfo, available_timezones
@@ -16,10 +17,15 @@ from marshmallow.types import StrSequenceOrSet, UnknownOption
 from api.rendering import LOCALE
 from api.validation import Text, bounded_json, encodable, printable
 from storage.clock import from_db
-from storage.models import CHANNELS, STATUSES, Notification
+from storage.models import CHANNELS, STATUSES, URGENCIES, Notification
 
 MAX_CONTENT = 10_000
 MAX_HTML = 100_000
+# Push: the longest a push service keeps a notification for an offline device (FCM's and Web Push's
+# common limit: 28 days), and the key by which a newer one replaces an undelivered older one.
+MAX_TTL = 2_419_200
+DEFAULT_TTL = 86_400
+COLLAPSE_KEY = re.compile(r"\A[A-Za-z0-9_-]{1,32}\Z")
 # Far enough for any real schedule, near enough that date arithmetic cannot overflow.
 MAX_SCHEDULE_AHEAD = dt.timedelta(days=3660)
 TEMPLATE_NAME = r"[a-z0-9_.-]{1,100}"
@@ -140,6 +146,18 @@ class PushRequest(NotificationRequest):
             "nested at most {MAX_DATA_DEPTH} levels"
         },
     )
+    ttl = fields.Integer(
+        strict=True,
+        load_default=DEFAULT_TTL,
+        validate=validate.Range(min=0, max=MAX_TTL),
+        metadata={"description": "seconds a push service keeps it for a device that is offline"},
+    )
+    urgency = fields.String(load_default="normal", validate=validate.OneOf(URGENCIES))
+    collapse_key = fields.String(
+        load_default=None,
+        validate=validate.Regexp(COLLAPSE_KEY, error="Must be 1 to 32 characters of A-Z, a-z, 0-9, - and _."),
+        metadata={"description": "a newer notification with the same key replaces an undelivered older one"},
+    )
 
     def load(
         self,
@@ -243,6 +261,12 @@ def plain_push(body: dict[str, Any]) -> dict[str, Any] | None:
             bounded_json(data)
         except ValidationError:
             return None
+    ttl, urgency = body.get("ttl", DEFAULT_TTL), body.get("urgency", "normal")
+    collapse_key = body.get("collapse_key")
+    if type(ttl) is not int or not 0 <= ttl <= MAX_TTL or urgency not in URGENCIES:
+        return None
+    if collapse_key is not None and (type(collapse_key) is not str or not COLLAPSE_KEY.match(collapse_key)):
+        return None
     return {
         "recipient_id": recipient,
         "content": content,
@@ -250,6 +274,9 @@ def plain_push(body: dict[str, Any]) -> dict[str, Any] | None:
         "scheduled_time": scheduled_time,
         "title": title,
         "data": data,
+        "ttl": ttl,
+        "urgency": urgency,
+        "collapse_key": collapse_key,
     }
 
 
@@ -352,6 +379,9 @@ class NotificationSchema(Schema):
     html = fields.String(allow_none=True)
     template = fields.String(allow_none=True, metadata={"description": "the template the texts came from"})
     locale = fields.String(allow_none=True, metadata={"description": "the template's locale used"})
+    ttl = fields.Integer(allow_none=True, metadata={"description": "push only"})
+    urgency = fields.String(allow_none=True, metadata={"enum": list(URGENCIES), "description": "push only"})
+    collapse_key = fields.String(allow_none=True, metadata={"description": "push only"})
 
 
 class NotificationList(Schema):

@@ -44,6 +44,9 @@ class Claimed(NamedTuple):
     last_error: str | None
     worker_host: str
     html: str | None = None
+    ttl: int | None = None
+    urgency: str | None = None
+    collapse_key: str | None = None
 
 
 # Claimed's columns, in its order; the id as text, as every caller wants it.
