@@ -17,7 +17,15 @@ from marshmallow.types import StrSequenceOrSet, UnknownOption
 from api.rendering import LOCALE
 from api.validation import Text, bounded_json, encodable, printable
 from storage.clock import from_db
-from storage.models import CHANNELS, STATUSES, URGENCIES, Notification
+from storage.models import (
+    CHANNELS,
+    DELIVERY_STATUSES,
+    DEVICE_KINDS,
+    FALLBACK_KINDS,
+    STATUSES,
+    URGENCIES,
+    Notification,
+)
 
 MAX_CONTENT = 10_000
 MAX_HTML = 100_000
@@ -382,6 +390,25 @@ class NotificationSchema(Schema):
     ttl = fields.Integer(allow_none=True, metadata={"description": "push only"})
     urgency = fields.String(allow_none=True, metadata={"enum": list(URGENCIES), "description": "push only"})
     collapse_key = fields.String(allow_none=True, metadata={"description": "push only"})
+
+
+class DeliverySchema(Schema):
+    device_id = fields.UUID(allow_none=True, metadata={"description": "null for the webhook or the outbox"})
+    kind = fields.String(metadata={"enum": [*DEVICE_KINDS, *FALLBACK_KINDS]})
+    status = fields.String(
+        metadata={"enum": list(DELIVERY_STATUSES), "description": "pending: not tried yet, or to be retried"}
+    )
+    attempts = fields.Integer()
+    provider_message_id = fields.String(allow_none=True)
+    error = fields.String(allow_none=True)
+    delivered_at = _utc("delivered_at", nullable=True)
+
+
+class NotificationDetail(NotificationSchema):
+    deliveries = fields.List(
+        fields.Nested(DeliverySchema),
+        metadata={"description": "push: one per device of the recipient, or one to the webhook or outbox"},
+    )
 
 
 class NotificationList(Schema):
