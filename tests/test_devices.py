@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import os
+import re
 import uuid
 
 import pytest
@@ -344,3 +345,20 @@ def test_storage_registers_lists_and_deletes_the_same_on_both_databases(db):
         devices.delete("ann", first.id)
     devices.delete("bob", first.id)
     assert devices.by_id([first.id]) == {}
+
+
+def test_the_dashboard_shows_a_recipients_devices_and_why_one_is_disabled(sqlite_client):
+    active = register(sqlite_client, "ann", webpush(label="Firefox on laptop"))
+    gone = register(sqlite_client, "ann", {"kind": "fcm", "token": FCM_TOKEN, "label": "Pixel"})
+    devices.disable(gone["id"], "FCM: HTTP 404 UNREGISTERED: Requested entity was not found.")
+    nid = sqlite_client.post("/notifications/push", json={"recipient_id": "ann", "content": "hi"}).json[
+        "notification_id"
+    ]
+    html = sqlite_client.get("/dashboard/recipients/ann").text
+    rows = dict(re.findall(r'<tr data-device="([^"]+)">(.*?)</tr>', html, re.S))
+    assert "Firefox on laptop" in rows[active["id"]] and ">active<" in rows[active["id"]]
+    assert ">disabled<" in rows[gone["id"]] and "404 UNREGISTERED" in rows[gone["id"]]
+    assert nid[:8] in html, "and the recipient's notifications"
+    page = sqlite_client.get(f"/dashboard/notifications/{nid}").text
+    assert 'href="/dashboard/recipients/ann"' in page
+    assert "No devices" in sqlite_client.get("/dashboard/recipients/nobody").text
