@@ -1,4 +1,4 @@
-"""A push notification's deliveries where each attempt goes, and its outcomes, on both databases."""
+"""A push notification's deliveries: where each attempt goes and what became of it, on both databases."""
 
 from __future__ import annotations
 
