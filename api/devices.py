@@ -13,7 +13,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 from marshmallow import Schema, ValidationError, fields, post_dump, validate, validates, validates_schema
 
-from actors.providers import endpoints
+from actors.providers import endpoints, missing_settings
 from api.validation import JsonParser, Text
 from api.schemas import _utc
 from storage import devices
@@ -80,7 +80,11 @@ class Subscription(Schema):
 
 
 class DeviceRequest(Schema):
-    kind = fields.String(required=True, validate=validate.OneOf(DEVICE_KINDS))
+    kind = fields.String(
+        required=True,
+        validate=validate.OneOf(DEVICE_KINDS),
+        metadata={"description": "a kind whose credentials are not configured is refused"},
+    )
     subscription = fields.Nested(Subscription, metadata={"description": "webpush and unifiedpush"})
     token = Text(metadata={"description": "fcm: the registration token; apns: the device token, hex"})
     environment = fields.String(
@@ -91,6 +95,12 @@ class DeviceRequest(Schema):
         validate=validate.Length(max=100),
         metadata={"description": "e.g. Firefox on laptop"},
     )
+
+    @validates("kind")
+    def _configured(self, value: str, **_kwargs: Any) -> None:
+        missing = missing_settings(value) if value in DEVICE_KINDS else []
+        if missing:
+            raise ValidationError(f"{value} devices cannot be sent to: {', '.join(missing)} not set.")
 
     @validates_schema(skip_on_field_errors=False, pass_original=True)
     def _fits_kind(self, data: dict[str, Any], original: Any, **_kwargs: Any) -> None:
@@ -160,6 +170,15 @@ class DeviceList(Schema):
     devices = fields.List(fields.Nested(DeviceSchema))
 
 
+class WebPushKey(Schema):
+    public_key = fields.String(
+        metadata={
+            "description": "base64url of the uncompressed P-256 point: pushManager.subscribe()'s "
+            "applicationServerKey"
+        }
+    )
+
+
 def _recipient(recipient_id: str) -> str:
     """The path's recipient id, held to the rules of a push notification's ``recipient_id``."""
     if not 1 <= len(recipient_id) <= 255 or not recipient_id.isprintable() or not recipient_id.strip():
@@ -213,3 +232,15 @@ class RecipientDevice(MethodView):
             devices.delete(_recipient(recipient_id), device_id)
         except devices.DeviceNotFound:
             abort(404, message=f"Recipient {recipient_id} has no device {device_id}.")
+
+
+@blp.route("/push/webpush-key")
+class WebPushKeyView(MethodView):
+    @blp.response(200, WebPushKey)
+    def get(self):
+        """The VAPID public key browsers subscribe with"""
+        # Imported when first asked for, as sender_for imports the senders: the Web Push sender's
+        # libraries cost a web process 12 MB that only this answer needs.
+        from actors.providers.webpush import vapid_public_key
+
+        return {"public_key": vapid_public_key()}

@@ -12,7 +12,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+import settings
 import storage
+from actors.providers.webpush import vapid_public_key
 from api import create_app
 from storage import devices
 
@@ -309,6 +311,7 @@ def test_every_devices_route_needs_a_key(tmp_path):
         ("post", "/recipients/ann/devices"),
         ("get", "/recipients/ann/devices"),
         ("delete", f"/recipients/ann/devices/{uuid.uuid4()}"),
+        ("get", "/push/webpush-key"),
     ]
     for method, path in routes:
         response = getattr(client, method)(path, json={"kind": "fcm", "token": FCM_TOKEN})
@@ -327,6 +330,7 @@ def test_the_devices_routes_are_in_the_openapi_spec(sqlite_client):
     assert devices_path["get"]["summary"] == "List the recipient's devices, active and disabled"
     one = paths["/recipients/{recipient_id}/devices/{device_id}"]["delete"]
     assert {"204", "404"} <= one["responses"].keys()
+    assert paths["/push/webpush-key"]["get"]["summary"] == "The VAPID public key browsers subscribe with"
 
 
 def test_storage_registers_lists_and_deletes_the_same_on_both_databases(db):
@@ -362,3 +366,12 @@ def test_the_dashboard_shows_a_recipients_devices_and_why_one_is_disabled(sqlite
     page = sqlite_client.get(f"/dashboard/notifications/{nid}").text
     assert 'href="/dashboard/recipients/ann"' in page
     assert "No devices" in sqlite_client.get("/dashboard/recipients/nobody").text
+
+
+def test_the_webpush_key_is_the_vapid_key_the_senders_sign_with(sqlite_client):
+    public_key = sqlite_client.get("/push/webpush-key").json["public_key"]
+    raw = base64.urlsafe_b64decode(public_key + "=")
+    assert len(raw) == 65 and raw[0] == 0x04
+    ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), raw)  # a point on P-256
+    assert public_key == vapid_public_key(settings.VAPID_PRIVATE_KEY_FILE)
+    assert sqlite_client.get("/push/webpush-key").json["public_key"] == public_key, "the same key each time"
