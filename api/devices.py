@@ -14,8 +14,8 @@ from flask_smorest import Blueprint, abort
 from marshmallow import Schema, ValidationError, fields, post_dump, validate, validates, validates_schema
 
 from actors.providers import endpoints, missing_settings
-from api.validation import JsonParser, Text
 from api.schemas import _utc
+from api.validation import JsonParser, Text
 from storage import devices
 from storage.models import DEVICE_KINDS, Device
 

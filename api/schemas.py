@@ -14,6 +14,7 @@ from flask import current_app
 from marshmallow import Schema, ValidationError, fields, post_load, validate, validates, validates_schema
 from marshmallow.types import StrSequenceOrSet, UnknownOption
 
+from actors.providers.base import reserved_data_keys
 from api.rendering import LOCALE
 from api.validation import Text, bounded_json, encodable, printable
 from storage.clock import from_db
@@ -151,7 +152,8 @@ class PushRequest(NotificationRequest):
         validate=bounded_json,
         metadata={
             LIMITS_DOC: "a JSON object of at most {MAX_DATA_BYTES} bytes, "
-            "nested at most {MAX_DATA_DEPTH} levels"
+            "nested at most {MAX_DATA_DEPTH} levels; keys FCM reserves for itself "
+            "(notification_id, from, message_type, and any starting with google or gcm) are refused"
         },
     )
     ttl = fields.Integer(
@@ -166,6 +168,13 @@ class PushRequest(NotificationRequest):
         validate=validate.Regexp(COLLAPSE_KEY, error="Must be 1 to 32 characters of A-Z, a-z, 0-9, - and _."),
         metadata={"description": "a newer notification with the same key replaces an undelivered older one"},
     )
+
+    @validates("data")
+    def _no_key_fcm_reserves(self, value: dict[str, Any] | None, **_kwargs: Any) -> None:
+        # FCM refuses them, or they would hide ours: refused here, for every push, whatever its devices.
+        reserved = reserved_data_keys(value) if value else []
+        if reserved:
+            raise ValidationError({key: ["Reserved by FCM; use another key."] for key in reserved})
 
     def load(
         self,
@@ -265,6 +274,8 @@ def plain_push(body: dict[str, Any]) -> dict[str, Any] | None:
         if type(data) is not dict or not all(type(key) is str for key in data):
             return None
         data = dict(data)
+        if reserved_data_keys(data):
+            return None
         try:
             bounded_json(data)
         except ValidationError:

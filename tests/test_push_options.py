@@ -97,3 +97,22 @@ def test_a_version_6_database_gains_the_options_devices_and_deliveries(database_
         columns = {c.name for c in database.get_columns("notification")}
         assert {"ttl", "urgency", "collapse_key"} <= columns
         assert database.table_exists("device") and database.table_exists("delivery")
+
+
+@pytest.mark.parametrize("key", ["notification_id", "from", "message_type", "google.c.a.e", "GCM.n", "gcm"])
+def test_data_keys_fcm_reserves_are_a_422_naming_the_key(client, key):
+    data = {"order": 7, key: "x"}
+    single = client.post("/notifications/push", json={**PUSH, "data": data})
+    assert single.status_code == 422
+    assert single.json["errors"]["json"] == {"data": {key: ["Reserved by FCM; use another key."]}}
+    batch = client.post(
+        "/notifications/batch", json={"notifications": [{"channel": "push", **PUSH, "data": data}]}
+    )
+    assert batch.json["errors"]["json"] == {"notifications": {"0": single.json["errors"]["json"]}}
+    assert models.Notification.select().count() == 0
+
+
+def test_data_keys_like_the_reserved_ones_are_taken(client):
+    assert (
+        accept(client, data={"notification": 1, "sender_from": 2, "my_google": 3})["data"]["my_google"] == 3
+    )
