@@ -16,6 +16,7 @@ BENCHMARKS = {
     "ingest": "POST /notifications/push: requests/s and latency at concurrency 16 and 64",
     "bulk": "POST /notifications/batch: notifications/s accepted",
     "e2e": "due-now notifications to a local push endpoint, vs. a no-op Dramatiq actor; confirms on/off",
+    "webpush": "due-now notifications, each to a Web Push device of its own, vs. a no-op Dramatiq actor",
     "precision": "notifications all due in one minute: lateness p50/p99/max",
     "schedule_scale": "notifications scheduled for next week: accept time, database size, broker, RSS",
     "memory": "RSS of gunicorn and dramatiq workers at idle and under load",
