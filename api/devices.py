@@ -6,6 +6,7 @@ import base64
 import binascii
 import re
 from typing import Any
+from uuid import UUID
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from flask import current_app
@@ -210,13 +211,13 @@ class RecipientDevices(MethodView):
     @blp.arguments(DeviceRequest())
     @blp.response(201, DeviceSchema)
     @blp.alt_response(200, schema=DeviceSchema, description="Registered already; active again")
-    def post(self, fields, recipient_id):
+    def post(self, fields: dict[str, Any], recipient_id: str) -> tuple[Device, int]:
         """Register a device of the recipient"""
         device, created = devices.register(_recipient(recipient_id), **_stored(fields))
         return device, 201 if created else 200
 
     @blp.response(200, DeviceList)
-    def get(self, recipient_id):
+    def get(self, recipient_id: str) -> dict[str, Any]:
         """List the recipient's devices, active and disabled"""
         found = devices.of_recipient(_recipient(recipient_id))
         return {"count": len(found), "devices": found}
@@ -226,7 +227,7 @@ class RecipientDevices(MethodView):
 class RecipientDevice(MethodView):
     @blp.response(204)
     @blp.alt_response(404, response="NOT_FOUND")
-    def delete(self, recipient_id, device_id):
+    def delete(self, recipient_id: str, device_id: UUID) -> None:
         """Remove one of the recipient's devices"""
         try:
             devices.delete(_recipient(recipient_id), device_id)
@@ -237,7 +238,7 @@ class RecipientDevice(MethodView):
 @blp.route("/push/webpush-key")
 class WebPushKeyView(MethodView):
     @blp.response(200, WebPushKey)
-    def get(self):
+    def get(self) -> dict[str, str]:
         """The VAPID public key browsers subscribe with"""
         # Imported when first asked for, as sender_for imports the senders: the Web Push sender's
         # libraries cost a web process 12 MB that only this answer needs.

@@ -3,6 +3,7 @@ local push service (VAPID verified, payload decrypted), against the no-op Dramat
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import tempfile
 import time
@@ -10,17 +11,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench.common import (
-    ALL_DAY,
-    BenchError,
-    batch_body,
-    log,
-    post_batches,
-    print_table,
-    running,
-    write_result,
-)
+from bench.common import Backing, BenchError, log, post_batches, print_table, running, write_result
 from bench.e2e import ceiling, delivery_stats
+from harness.payloads import batch_body
+from harness.processes import ALL_DAY
 from harness.push_services import WebPushService
 from storage.devices import digest
 
@@ -37,12 +31,12 @@ SELECT unnest(%s::uuid[]), unnest(%s::text[]), 'webpush', unnest(%s::text[]), un
 """
 
 
-def _register(service, push: WebPushService, n: int) -> list[str]:
+def _register(made: Backing, push: WebPushService, n: int) -> list[str]:
     """One subscription and device per recipient, written straight to the table: not what is measured."""
     subscriptions = [push.subscribe() for _ in range(n)]
     recipients = [f"browser-user{i}" for i in range(n)]
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    service.backing.sql(
+    made.sql(
         _REGISTER,
         [str(uuid.uuid4()) for _ in range(n)],
         recipients,
@@ -59,7 +53,7 @@ def _register(service, push: WebPushService, n: int) -> list[str]:
 def _bodies(recipients: list[str]):
     for start in range(0, len(recipients), BATCH):
         items = [
-            {"channel": "push", "recipient_id": r, "content": "Your order has been shipped!", "title": "Order"}
+            {"channel": "push", "recipient_id": r, "content": "Your order has shipped!", "title": "Order"}
             for r in recipients[start : start + BATCH]
         ]
         yield batch_body(items)
@@ -68,22 +62,20 @@ def _bodies(recipients: list[str]):
 def pipeline(n: int, timeout: float) -> dict[str, Any]:
     key = Path(tempfile.mkdtemp(prefix="bench-vapid-")) / "vapid_private.pem"
     settings = {**ALL_DAY, "PUSH_ENDPOINT_ALLOWLIST": "127.0.0.1", "VAPID_PRIVATE_KEY_FILE": str(key)}
-    with WebPushService() as push, running(NAME, settings) as (service, _):
-        recipients = _register(service, push, n)
+    with WebPushService() as push, running(NAME, settings) as (service, made, _):
+        recipients = _register(made, push, n)
         log(f"{n:,} Web Push devices registered; accepting {n:,} due-now notifications, one to each")
         accepted = post_batches(service.base_url, _bodies(recipients), concurrency=2)
         if accepted.errors:
             raise BenchError(f"batch POSTs failed: {accepted.error_samples}")
         log(f"accepted in {accepted.elapsed:.1f}s; awaiting deliveries")
-        try:
+        with contextlib.suppress(TimeoutError):
             push.wait_for(n, timeout=timeout)
-        except TimeoutError:
-            pass
         last = time.time()
         with push.condition:
             received = list(push.received)
             refusals = list(push.refusals)
-        db = delivery_stats(service)
+        db = delivery_stats(made)
     unique = len({r.subscription_id for r in received})
     span = max(last - accepted.first_sent, 1e-9)
     return {

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import storage
 from api import create_app
+from harness.factories import make
 from storage import deliveries, devices, queries
 from storage.deliveries import Result
 from storage.models import DELIVERED_DELIVERY, FAILED_DELIVERY, PENDING_DELIVERY
-from tests.factories import make
 
 
 def plan_one(notification, *, first=True, fallback="webhook"):

@@ -15,9 +15,9 @@ import pytest
 import settings
 from actors import broker, delivery
 from actors.metrics import DeliveryMetrics
+from harness.factories import make
 from harness.push_services import WebPushService
 from storage import deliveries, devices, models, queries, schedule, transitions
-from tests.factories import make
 
 
 @pytest.fixture

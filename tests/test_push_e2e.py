@@ -9,9 +9,10 @@ import time
 import pytest
 
 import storage
+from harness.processes import Service
 from harness.push_services import ApnsService, FcmService, WebPushService
+from harness.waiting import wait_until
 from storage import queries
-from tests.processes import Service, wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq]
 
@@ -115,7 +116,7 @@ def test_every_kind_of_device_gets_the_notification(service, webpush, fcm, apns)
     assert by_device[iphone["id"]]["provider_message_id"] == notified.apns_id
     assert {(d["status"], d["attempts"]) for d in by_device.values()} == {("delivered", 1)}
     status, listed = service.request("GET", "/recipients/ann/devices")
-    assert all(d["last_success_at"] for d in listed["devices"])
+    assert status == 200 and all(d["last_success_at"] for d in listed["devices"])
 
 
 def test_one_device_failing_transiently_is_retried_alone(service, webpush, fcm):
@@ -143,7 +144,7 @@ def test_gone_devices_are_disabled_and_left_out_afterwards(service, webpush, fcm
 
     service.await_status(first, "Delivered")
 
-    status, listed = service.request("GET", "/recipients/ann/devices")
+    _, listed = service.request("GET", "/recipients/ann/devices")
     disabled = {d["id"]: d["disabled_reason"] for d in listed["devices"] if not d["active"]}
     assert disabled.keys() == {phone["id"], iphone["id"]}
     assert "UNREGISTERED" in disabled[phone["id"]] and "Unregistered" in disabled[iphone["id"]]
