@@ -8,7 +8,6 @@ notification's deliveries (``storage.deliveries``) say where it went and where i
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 import threading
 import time
@@ -179,7 +178,11 @@ class _Batch:
         if len(claimed) < len(self.seqs):
             _skip_stale(self.seqs, {n.id for n in claimed})
         self.plans = deliveries.plan(
-            [(n.id, n.recipient_id, _attempt(n) == 1) for n in claimed if n.channel == "push"],
+            [
+                deliveries.Claim(n.id, n.recipient_id, n.attempt_count, n.attempts_at_force)
+                for n in claimed
+                if n.channel == "push"
+            ],
             fallback=provider_for("push").name,
             host=settings.HOSTNAME,
         )
@@ -213,16 +216,16 @@ class _Batch:
     def record(self) -> None:
         """Record the deliveries made since the last time; count those whose claim still held.
 
-        A push notification's outcomes per device are written in the same transaction, for those
-        whose claim held.
+        A push notification's deliveries are written with it, for those whose claim held.
         """
-        results = [self.results.pop(n.id, []) for n in self.unrecorded]
-        with db.atomic() if any(results) else contextlib.nullcontext():
-            done = transitions.mark_delivered(
-                {n.id: self.seq(n) for n in self.unrecorded}, host=settings.HOSTNAME, details=self.via
-            )
-            held = [r for n, rs in zip(self.unrecorded, results, strict=True) if n.id in done for r in rs]
-            deliveries.record(held, host=settings.HOSTNAME)
+        results = [r for n in self.unrecorded for r in self.results.pop(n.id, [])]
+        done = transitions.mark_delivered(
+            {n.id: self.seq(n) for n in self.unrecorded},
+            host=settings.HOSTNAME,
+            details=self.via,
+            outcomes=results,
+        )
+        held = [r for r in results if r.notification_id in done]
         now = utcnow()
         for notification in self.unrecorded:
             if notification.id in done:
@@ -242,6 +245,7 @@ class _Batch:
 
     def give_back(self, reason: str) -> None:
         """Return the rows not tried yet, uncounted, to the retry of this message."""
+        deliveries.forget_untried(n.id for n in self.untried if n.channel == "push")
         while self.untried:
             notification = self.untried.popleft()
             transitions.defer(
@@ -308,7 +312,7 @@ def _fan_out(batch: _Batch, notification: transitions.Claimed, attempt: int) -> 
     host, seq, notification_id = settings.HOSTNAME, batch.seq(notification), notification.id
     plan = batch.plans[notification_id]
     retries_left = attempt <= settings.MAX_RETRY_ATTEMPTS
-    message = push_message_of(notification)
+    message = push_message_of(notification) if any(t.device for t in plan.targets) else None
     results: list[Result] = []
     transient: list[Exception] = []
     for target in plan.targets:
@@ -347,7 +351,7 @@ def _fan_out(batch: _Batch, notification: transitions.Claimed, attempt: int) -> 
 def _send(
     batch: _Batch,
     notification: transitions.Claimed,
-    message: PushMessage,
+    message: PushMessage | None,
     target: Target,
     retries_left: bool,
     transient: list[Exception],
@@ -358,6 +362,7 @@ def _send(
             provider_for("push").deliver(envelope_of(notification))
             message_id = None
         else:
+            assert message is not None
             message_id = sender_for(target.kind).send(device_of(target), message) or None
     except DeviceGone as exc:
         assert target.device is not None

@@ -11,6 +11,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import psycopg2
+
 from bench.common import Backing, BenchError, log, post_batches, print_table, running, write_result
 from bench.e2e import ceiling, delivery_stats
 from harness.payloads import batch_body
@@ -36,8 +38,7 @@ def _register(made: Backing, push: WebPushService, n: int) -> list[str]:
     subscriptions = [push.subscribe() for _ in range(n)]
     recipients = [f"browser-user{i}" for i in range(n)]
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    made.sql(
-        _REGISTER,
+    rows = (
         [str(uuid.uuid4()) for _ in range(n)],
         recipients,
         [s.endpoint for s in subscriptions],
@@ -47,6 +48,9 @@ def _register(made: Backing, push: WebPushService, n: int) -> list[str]:
         now,
         now,
     )
+    # A connection of its own, which commits (Backing.sql is for reading).
+    with contextlib.closing(psycopg2.connect(made.database_url)) as conn, conn, conn.cursor() as cursor:
+        cursor.execute(_REGISTER, rows)
     return recipients
 
 

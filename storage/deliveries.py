@@ -10,34 +10,31 @@ own transition, so that they count only while the message's claim holds.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import peewee
+from peewee import SQL
 
-from storage import devices
+from storage import devices, events
 from storage.clock import utcnow
-from storage.models import (
-    DELIVERED_DELIVERY,
-    FAILED_DELIVERY,
-    PENDING_DELIVERY,
-    Delivery,
-    Device,
-    NotificationEvent,
-)
+from storage.database import db, is_postgres
+from storage.models import DELIVERED_DELIVERY, FAILED_DELIVERY, PENDING_DELIVERY, Delivery, Device
 
 _FALLBACK = "fallback"
 
 
+@functools.lru_cache(maxsize=4096)
 def delivery_id(notification_id: Any, device_id: Any | None) -> str:
     """A delivery's id, the same whoever computes it: one row per notification and device."""
     return str(uuid.uuid5(uuid.UUID(str(notification_id)), str(device_id) if device_id else _FALLBACK))
 
 
-@dataclass(frozen=True)
-class Target:
+# Tuples, not dataclasses: every push notification makes one of each, and a tuple costs a third.
+class Target(NamedTuple):
     """Where a notification goes on this attempt: a device, or the webhook or outbox (``device`` None)."""
 
     notification_id: str
@@ -46,15 +43,14 @@ class Target:
 
     @property
     def id(self) -> str:
-        return delivery_id(self.notification_id, self.device.id if self.device else None)
+        return delivery_id(self.notification_id, self.device_id)
 
     @property
     def device_id(self) -> str | None:
         return str(self.device.id) if self.device else None
 
 
-@dataclass(frozen=True)
-class Result:
+class Result(NamedTuple):
     """The outcome of one delivery on this attempt.
 
     ``status`` is ``delivered``, ``failed``, or ``pending`` (to be retried). ``attempted`` is False for
@@ -86,40 +82,58 @@ class Plan:
     failed: list[Result] = field(default_factory=list)
 
 
+class Claim(NamedTuple):
+    """A push notification a message claimed, as far as planning its deliveries reads it."""
+
+    notification_id: str
+    recipient_id: str
+    attempt_count: int  # counting the attempt claimed
+    attempts_at_force: int
+
+    @property
+    def first(self) -> bool:
+        """The first attempt of the notification, or the first since it was forced."""
+        return self.attempt_count - self.attempts_at_force == 1
+
+
 def plan(
-    notifications: Sequence[tuple[str, str, bool]], *, fallback: str, host: str, at: dt.datetime | None = None
+    claims: Sequence[Claim], *, fallback: str, host: str, at: dt.datetime | None = None
 ) -> dict[str, Plan]:
     """Where each of these claimed notifications goes now; writes the deliveries it starts.
 
-    ``notifications`` are ``(id, recipient_id, first)`` where ``first`` says the attempt is the first
-    (of the notification, or since it was forced). ``fallback`` is the kind of delivery (``webhook``
-    or ``outbox``) for a recipient without an active device.
+    ``fallback`` is the kind of delivery (``webhook`` or ``outbox``) for a recipient without an
+    active device.
     """
-    if not notifications:
+    if not claims:
         return {}
     at = at or utcnow()
-    existing: dict[str, list[Delivery]] = {}
-    for row in Delivery.select().where(Delivery.notification_id.in_([nid for nid, _, _ in notifications])):
-        existing.setdefault(str(row.notification_id), []).append(row)
-    anew = {nid for nid, _, first in notifications if first or nid not in existing}
-    active = devices.active_of(recipient for nid, recipient, _ in notifications if nid in anew)
+    # A notification claimed for its very first attempt has no deliveries yet: a claim given back
+    # untried forgets the ones it started (see forget_untried).
+    existing = _of_notifications([c.notification_id for c in claims if c.attempt_count > 1])
+    anew = {c.notification_id for c in claims if c.first or c.notification_id not in existing}
+    active = devices.active_of(c.recipient_id for c in claims if c.notification_id in anew)
     pending_devices = devices.by_id(
         row.device_id
-        for nid, _, _ in notifications
-        if nid not in anew
-        for row in existing.get(nid, [])
+        for c in claims
+        if c.notification_id not in anew
+        for row in existing.get(c.notification_id, [])
         if row.status == PENDING_DELIVERY and row.device_id is not None
     )
     plans: dict[str, Plan] = {}
     started: list[Target] = []
     unsent: list[Result] = []
-    for nid, recipient, _ in notifications:
+    for nid, recipient, *_ in claims:
         rows = existing.get(nid, [])
         if nid in anew:
             targets, skipped = _anew(nid, rows, active.get(recipient, []), fallback)
-            started += targets
+            # A device's delivery shows as pending from now; the webhook's or outbox's is written once
+            # tried (one write, not two, for every notification of a recipient without devices).
+            started += [t for t in targets if t.device is not None]
         else:
             targets, skipped = _again(nid, rows, pending_devices, recipient)
+        if not rows:
+            plans[nid] = Plan(targets=targets)
+            continue
         unsent += skipped
         tried_again = {t.id for t in targets}
         plans[nid] = Plan(
@@ -133,6 +147,32 @@ def plan(
     return plans
 
 
+def _of_notifications(ids: list[str]) -> dict[str, list[Delivery]]:
+    found: dict[str, list[Delivery]] = {}
+    if not ids:
+        return found
+    # One array parameter on PostgreSQL: peewee builds a parameter per value of an IN list.
+    of_these = (
+        SQL("notification_id = ANY(%s::uuid[])", (ids,))
+        if is_postgres()
+        else Delivery.notification_id.in_(ids)
+    )
+    for row in Delivery.select().where(of_these):
+        found.setdefault(str(row.notification_id), []).append(row)
+    return found
+
+
+def forget_untried(notification_ids: Iterable[str]) -> None:
+    """Forget the deliveries a claim started but never tried, as it gives its notifications back."""
+    ids = list(notification_ids)
+    if ids:
+        Delivery.delete().where(
+            Delivery.notification_id.in_(ids)
+            & (Delivery.status == PENDING_DELIVERY)
+            & (Delivery.attempts == 0)
+        ).execute()
+
+
 def _anew(
     nid: str, rows: list[Delivery], active: list[Device], fallback: str
 ) -> tuple[list[Target], list[Result]]:
@@ -141,6 +181,8 @@ def _anew(
     targets = [Target(nid, d.kind, d) for d in active if str(d.id) not in accepted]
     if not targets and not accepted:
         targets = [Target(nid, fallback)]
+    if not rows:
+        return targets, []
     wanted = {t.id for t in targets}
     # Pending from before, but no target now: its device was disabled, or devices came for a
     # recipient that had none.
@@ -200,8 +242,67 @@ def _settled(row: Delivery) -> Result:
     )
 
 
-def _start(targets: Iterable[Target], at: dt.datetime) -> None:
+# PostgreSQL writes a message's deliveries with one array parameter per column, not a row of
+# parameters per delivery for peewee to build (which cost more than the statement).
+_PG_START = """
+INSERT INTO delivery (id, notification_id, device_id, kind, status, attempts, updated_at)
+SELECT t.id, t.notification_id, t.device_id, t.kind, 'pending', 0, %s
+FROM unnest(%s::uuid[], %s::uuid[], %s::uuid[], %s::text[]) AS t(id, notification_id, device_id, kind)
+ON CONFLICT (notification_id, id) DO UPDATE
+SET status = 'pending', kind = EXCLUDED.kind, error = NULL, updated_at = EXCLUDED.updated_at
+"""
+
+# ``{held}`` leaves out the deliveries of notifications whose claim did not hold, when the statement
+# is part of the one that marks them delivered (see transitions.mark_delivered).
+_PG_RECORD = """
+INSERT INTO delivery
+    (id, notification_id, device_id, kind, status, attempts, provider_message_id, error, delivered_at,
+     updated_at)
+SELECT t.*, %s
+FROM unnest(%s::uuid[], %s::uuid[], %s::uuid[], %s::text[], %s::text[], %s::int[], %s::text[], %s::text[],
+            %s::timestamp[])
+    AS t(id, notification_id, device_id, kind, status, attempts, provider_message_id, error, delivered_at)
+{held}
+ON CONFLICT (notification_id, id) DO UPDATE
+SET status = EXCLUDED.status, attempts = delivery.attempts + EXCLUDED.attempts,
+    provider_message_id = EXCLUDED.provider_message_id, error = EXCLUDED.error,
+    delivered_at = EXCLUDED.delivered_at, updated_at = EXCLUDED.updated_at
+"""
+
+
+def pg_record(held: str = "") -> str:
+    """PostgreSQL's statement writing outcomes, with ``held`` (a WHERE clause on ``t``) if any."""
+    return _PG_RECORD.format(held=held)
+
+
+def pg_record_params(results: Sequence[Result], at: dt.datetime) -> tuple[Any, ...]:
+    """The parameters of ``pg_record``'s statement: one array per column."""
+    return (
+        at,
+        [r.id for r in results],
+        [r.notification_id for r in results],
+        [r.device_id for r in results],
+        [r.kind for r in results],
+        [r.status for r in results],
+        [int(r.attempted) for r in results],
+        [r.provider_message_id for r in results],
+        [r.error for r in results],
+        [at if r.status == DELIVERED_DELIVERY else None for r in results],
+    )
+
+
+def _start(targets: Sequence[Target], at: dt.datetime) -> None:
     """Write the deliveries an attempt starts as pending: new ones, and failed ones tried again."""
+    if not targets:
+        return
+    if is_postgres():
+        columns = (
+            [t.id for t in targets],
+            [t.notification_id for t in targets],
+            [t.device_id for t in targets],
+        )
+        db.execute_sql(_PG_START, (at, *columns, [t.kind for t in targets]))
+        return
     rows = [
         {
             "id": t.id,
@@ -214,10 +315,8 @@ def _start(targets: Iterable[Target], at: dt.datetime) -> None:
         }
         for t in targets
     ]
-    if not rows:
-        return
     Delivery.insert_many(rows).on_conflict(
-        conflict_target=[Delivery.id],
+        conflict_target=[Delivery.notification_id, Delivery.id],
         update={
             Delivery.status: PENDING_DELIVERY,
             Delivery.kind: peewee.EXCLUDED.kind,
@@ -236,46 +335,42 @@ def record(results: Iterable[Result], *, host: str, at: dt.datetime | None = Non
     if not results:
         return
     at = at or utcnow()
-    rows = [
-        {
-            "id": r.id,
-            "notification_id": r.notification_id,
-            "device_id": r.device_id,
-            "kind": r.kind,
-            "status": r.status,
-            "attempts": int(r.attempted),
-            "provider_message_id": r.provider_message_id,
-            "error": r.error,
-            "delivered_at": at if r.status == DELIVERED_DELIVERY else None,
-            "updated_at": at,
-        }
-        for r in results
-    ]
-    Delivery.insert_many(rows).on_conflict(
-        conflict_target=[Delivery.id],
-        update={
-            Delivery.status: peewee.EXCLUDED.status,
-            Delivery.attempts: Delivery.attempts + peewee.EXCLUDED.attempts,
-            Delivery.provider_message_id: peewee.EXCLUDED.provider_message_id,
-            Delivery.error: peewee.EXCLUDED.error,
-            Delivery.delivered_at: peewee.EXCLUDED.delivered_at,
-            Delivery.updated_at: peewee.EXCLUDED.updated_at,
-        },
-    ).execute()
-    by_device = [r for r in results if r.device_id is not None]
-    if by_device:
-        NotificationEvent.insert_many(
-            [
-                {
-                    "notification_id": r.notification_id,
-                    "kind": r.event,
-                    "at": at,
-                    "host": host,
-                    "detail": describe(r),
-                }
-                for r in by_device
-            ]
+    if is_postgres():
+        db.execute_sql(pg_record(), pg_record_params(results, at))
+    else:
+        rows = [
+            {
+                "id": r.id,
+                "notification_id": r.notification_id,
+                "device_id": r.device_id,
+                "kind": r.kind,
+                "status": r.status,
+                "attempts": int(r.attempted),
+                "provider_message_id": r.provider_message_id,
+                "error": r.error,
+                "delivered_at": at if r.status == DELIVERED_DELIVERY else None,
+                "updated_at": at,
+            }
+            for r in results
+        ]
+        Delivery.insert_many(rows).on_conflict(
+            conflict_target=[Delivery.notification_id, Delivery.id],
+            update={
+                Delivery.status: peewee.EXCLUDED.status,
+                Delivery.attempts: Delivery.attempts + peewee.EXCLUDED.attempts,
+                Delivery.provider_message_id: peewee.EXCLUDED.provider_message_id,
+                Delivery.error: peewee.EXCLUDED.error,
+                Delivery.delivered_at: peewee.EXCLUDED.delivered_at,
+                Delivery.updated_at: peewee.EXCLUDED.updated_at,
+            },
         ).execute()
+    record_by_device(results, host=host, at=at)
+
+
+def record_by_device(results: Sequence[Result], *, host: str, at: dt.datetime) -> None:
+    """What a device's outcome writes besides its delivery: its history event, when it accepted."""
+    by_device = [r for r in results if r.device_id is not None]
+    events.record_each([(r.notification_id, r.event, describe(r)) for r in by_device], host, at=at)
     devices.succeeded((r.device_id for r in by_device if r.status == DELIVERED_DELIVERY), at)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import peewee
 
 from storage.clock import utcnow
+from storage.database import is_postgres
 from storage.models import Device
 
 
@@ -111,11 +112,11 @@ def active_of(recipient_ids: Iterable[str]) -> dict[str, list[Device]]:
     wanted = list(set(recipient_ids))
     if not wanted:
         return found
-    query = (
-        Device.select()
-        .where(Device.recipient_id.in_(wanted) & Device.active)
-        .order_by(Device.created_at, Device.id)
+    # One array parameter on PostgreSQL: peewee builds a parameter per value of an IN list.
+    theirs = (
+        peewee.SQL("recipient_id = ANY(%s)", (wanted,)) if is_postgres() else Device.recipient_id.in_(wanted)
     )
+    query = Device.select().where(theirs & Device.active).order_by(Device.created_at, Device.id)
     for device in query:
         found.setdefault(device.recipient_id, []).append(device)
     return found

@@ -180,10 +180,10 @@ FALLBACK_KINDS = ("webhook", "outbox")
 class Delivery(BaseModel):
     """One notification's delivery to one device, or to the webhook or outbox (``device_id`` null)."""
 
+    notification_id = peewee.UUIDField()
     # Derived from the notification and device ids (see storage.deliveries), so that recording an
-    # outcome is one upsert on the primary key, whether the row was written before or not.
-    id = peewee.UUIDField(primary_key=True)
-    notification_id = peewee.UUIDField(index=True)
+    # outcome is one upsert on the key, whether the row was written before or not.
+    id = peewee.UUIDField()
     device_id = peewee.UUIDField(null=True)
     kind = peewee.CharField(max_length=16)
     status = peewee.CharField(max_length=10, default=PENDING_DELIVERY)
@@ -192,3 +192,7 @@ class Delivery(BaseModel):
     error = peewee.TextField(null=True)
     delivered_at = peewee.DateTimeField(null=True)
     updated_at = peewee.DateTimeField()
+
+    class Meta:
+        # The notification first: the one index finds a notification's deliveries as well.
+        primary_key = peewee.CompositeKey("notification_id", "id")

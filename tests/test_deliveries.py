@@ -10,11 +10,12 @@ from storage.deliveries import Result
 from storage.models import DELIVERED_DELIVERY, FAILED_DELIVERY, PENDING_DELIVERY
 
 
-def plan_one(notification, *, first=True, fallback="webhook"):
-    plans = deliveries.plan(
-        [(str(notification.id), notification.recipient_id, first)], fallback=fallback, host="w1"
+def plan_one(notification, *, attempt=1, forced_after=0, fallback="webhook"):
+    """Plan attempt ``attempt`` of the notification (counted since a force after ``forced_after``)."""
+    claim = deliveries.Claim(
+        str(notification.id), notification.recipient_id, forced_after + attempt, forced_after
     )
-    return plans[str(notification.id)]
+    return deliveries.plan([claim], fallback=fallback, host="w1")[str(notification.id)]
 
 
 def phone(recipient="r1", token="token-1"):
@@ -37,8 +38,11 @@ def test_a_recipient_without_devices_gets_one_delivery_to_the_fallback(db):
     plan = plan_one(n, fallback="outbox")
     assert [(t.kind, t.device) for t in plan.targets] == [("outbox", None)]
     assert (plan.delivered, plan.failed) == (0, [])
+    assert deliveries.of_notification(n.id) == [], "written once tried"
+    deliveries.record([outcome(plan.targets[0], "pending", error="HTTP 503")], host="w1")
     (row,) = deliveries.of_notification(n.id)
-    assert (row.device_id, row.kind, row.status, row.attempts) == (None, "outbox", PENDING_DELIVERY, 0)
+    assert (row.device_id, row.kind, row.status, row.attempts) == (None, "outbox", PENDING_DELIVERY, 1)
+    assert [t.kind for t in plan_one(n, attempt=2, fallback="outbox").targets] == ["outbox"]
 
 
 def test_a_first_attempt_goes_to_every_active_device_of_the_recipient(db):
@@ -80,7 +84,7 @@ def test_outcomes_are_recorded_and_a_retry_goes_only_where_it_was_not_accepted(d
     assert kinds == ["created", "device_delivered", "device_retry", "device_failed"]
     assert str(accepting.id) in queries.history(n.id)[1].detail
 
-    retry = plan_one(n, first=False)
+    retry = plan_one(n, attempt=2)
     assert [t.device.id for t in retry.targets] == [failing.id]
     assert retry.delivered == 1
     assert [(r.device_id, r.error) for r in retry.failed] == [(str(refusing.id), "400 INVALID_ARGUMENT")]
@@ -97,7 +101,7 @@ def test_a_retry_skips_a_device_disabled_removed_or_moved_meanwhile(db):
     devices.delete("ann", removed.id)
     devices.register("bob", kind="fcm", address="c")
 
-    retry = plan_one(n, first=False)
+    retry = plan_one(n, attempt=2)
     assert [t.device.id for t in retry.targets] == [kept.id]
     stored = rows(n)
     assert "disabled (410 Gone)" in stored[str(disabled.id)].error
@@ -116,7 +120,7 @@ def test_a_forced_attempt_tries_the_failed_again_but_never_the_accepted(db):
     deliveries.record([outcome(one, "delivered"), outcome(two, "failed", error="400")], host="w1")
     newcomer = phone("ann", "c")
 
-    forced = plan_one(n, first=True)
+    forced = plan_one(n, forced_after=1)
     assert [t.device.id for t in forced.targets] == [refused.id, newcomer.id]
     assert forced.delivered == 1 and forced.failed == []
     stored = rows(n)
@@ -125,16 +129,28 @@ def test_a_forced_attempt_tries_the_failed_again_but_never_the_accepted(db):
     assert stored[str(accepted.id)].status == DELIVERED_DELIVERY
 
 
-def test_a_first_attempt_once_devices_came_leaves_the_fallback(db):
+def test_a_forced_attempt_once_devices_came_leaves_the_fallback(db):
     n = make(recipient_id="ann")
-    (fallback,) = plan_one(n).targets  # deferred, say: planned but never tried
+    (fallback,) = plan_one(n).targets
+    deliveries.record([outcome(fallback, "pending", error="HTTP 503")], host="w1")  # to be retried
     device = phone("ann")
-    again = plan_one(n, first=True)
-    assert [t.device.id for t in again.targets] == [device.id]
+    forced = plan_one(n, forced_after=1)
+    assert [t.device.id for t in forced.targets] == [device.id]
     stored = rows(n)
-    assert stored[None].status == FAILED_DELIVERY
+    assert (str(stored[None].id), stored[None].status) == (fallback.id, FAILED_DELIVERY)
     assert "devices changed" in stored[None].error
-    assert str(stored[None].id) == fallback.id
+
+
+def test_a_claim_given_back_untried_forgets_the_deliveries_it_started(db):
+    n = make(recipient_id="ann")
+    first, second = phone("ann", "a"), phone("ann", "b")
+    assert len(plan_one(n).targets) == 2
+    deliveries.forget_untried([str(n.id)])
+    assert deliveries.of_notification(n.id) == []
+    devices.disable(second.id, "410 Gone")
+    again = plan_one(n)  # the first attempt again, as the give-back left it
+    assert [t.device.id for t in again.targets] == [first.id]
+    assert list(rows(n)) == [str(first.id)]
 
 
 def test_a_failure_is_summed_up_by_device_or_by_the_fallbacks_reason(db):
