@@ -10,8 +10,6 @@ own transition, so that they count only while the message's claim holds.
 from __future__ import annotations
 
 import datetime as dt
-import functools
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -19,18 +17,23 @@ from typing import Any, NamedTuple
 import peewee
 from peewee import SQL
 
-from storage import devices, events
+from storage import devices
 from storage.clock import utcnow
 from storage.database import db, is_postgres
-from storage.models import DELIVERED_DELIVERY, FAILED_DELIVERY, PENDING_DELIVERY, Delivery, Device
+from storage.models import (
+    DELIVERED_DELIVERY,
+    FAILED_DELIVERY,
+    PENDING_DELIVERY,
+    Delivery,
+    Device,
+    NotificationEvent,
+)
 
 _FALLBACK = "fallback"
 
 
-@functools.lru_cache(maxsize=4096)
-def delivery_id(notification_id: Any, device_id: Any | None) -> str:
-    """A delivery's id, the same whoever computes it: one row per notification and device."""
-    return str(uuid.uuid5(uuid.UUID(str(notification_id)), str(device_id) if device_id else _FALLBACK))
+# The key's second half for a delivery to the webhook or outbox (see Delivery.target_id).
+FALLBACK_TARGET = "00000000-0000-0000-0000-000000000000"
 
 
 # Tuples, not dataclasses: every push notification makes one of each, and a tuple costs a third.
@@ -42,8 +45,8 @@ class Target(NamedTuple):
     device: Device | None = None
 
     @property
-    def id(self) -> str:
-        return delivery_id(self.notification_id, self.device_id)
+    def target_id(self) -> str:
+        return self.device_id or FALLBACK_TARGET
 
     @property
     def device_id(self) -> str | None:
@@ -68,8 +71,8 @@ class Result(NamedTuple):
     attempted: bool = True
 
     @property
-    def id(self) -> str:
-        return delivery_id(self.notification_id, self.device_id)
+    def target_id(self) -> str:
+        return self.device_id or FALLBACK_TARGET
 
 
 @dataclass
@@ -135,11 +138,15 @@ def plan(
             plans[nid] = Plan(targets=targets)
             continue
         unsent += skipped
-        tried_again = {t.id for t in targets}
+        tried_again = {t.target_id for t in targets}
         plans[nid] = Plan(
             targets=targets,
             delivered=sum(1 for r in rows if r.status == DELIVERED_DELIVERY),
-            failed=[_settled(r) for r in rows if r.status == FAILED_DELIVERY and str(r.id) not in tried_again]
+            failed=[
+                _settled(r)
+                for r in rows
+                if r.status == FAILED_DELIVERY and str(r.target_id) not in tried_again
+            ]
             + skipped,
         )
     _start(started, at)
@@ -183,13 +190,13 @@ def _anew(
         targets = [Target(nid, fallback)]
     if not rows:
         return targets, []
-    wanted = {t.id for t in targets}
+    wanted = {t.target_id for t in targets}
     # Pending from before, but no target now: its device was disabled, or devices came for a
     # recipient that had none.
     skipped = [
         _unsent(r, "not sent: the recipient's devices changed")
         for r in rows
-        if r.status == PENDING_DELIVERY and str(r.id) not in wanted
+        if r.status == PENDING_DELIVERY and str(r.target_id) not in wanted
     ]
     return targets, skipped
 
@@ -245,41 +252,67 @@ def _settled(row: Delivery) -> Result:
 # PostgreSQL writes a message's deliveries with one array parameter per column, not a row of
 # parameters per delivery for peewee to build (which cost more than the statement).
 _PG_START = """
-INSERT INTO delivery (id, notification_id, device_id, kind, status, attempts, updated_at)
-SELECT t.id, t.notification_id, t.device_id, t.kind, 'pending', 0, %s
-FROM unnest(%s::uuid[], %s::uuid[], %s::uuid[], %s::text[]) AS t(id, notification_id, device_id, kind)
-ON CONFLICT (notification_id, id) DO UPDATE
+INSERT INTO delivery (target_id, notification_id, device_id, kind, status, attempts, updated_at)
+SELECT t.target_id, t.notification_id, t.device_id, t.kind, 'pending', 0, %s
+FROM unnest(%s::uuid[], %s::uuid[], %s::uuid[], %s::text[]) AS t(target_id, notification_id, device_id, kind)
+ON CONFLICT (notification_id, target_id) DO UPDATE
 SET status = 'pending', kind = EXCLUDED.kind, error = NULL, updated_at = EXCLUDED.updated_at
 """
 
-# ``{held}`` leaves out the deliveries of notifications whose claim did not hold, when the statement
-# is part of the one that marks them delivered (see transitions.mark_delivered).
-_PG_RECORD = """
-INSERT INTO delivery
-    (id, notification_id, device_id, kind, status, attempts, provider_message_id, error, delivered_at,
-     updated_at)
-SELECT t.*, %s
-FROM unnest(%s::uuid[], %s::uuid[], %s::uuid[], %s::text[], %s::text[], %s::int[], %s::text[], %s::text[],
-            %s::timestamp[])
-    AS t(id, notification_id, device_id, kind, status, attempts, provider_message_id, error, delivered_at)
-{held}
-ON CONFLICT (notification_id, id) DO UPDATE
-SET status = EXCLUDED.status, attempts = delivery.attempts + EXCLUDED.attempts,
-    provider_message_id = EXCLUDED.provider_message_id, error = EXCLUDED.error,
-    delivered_at = EXCLUDED.delivered_at, updated_at = EXCLUDED.updated_at
-"""
+# Outcomes, as data-modifying CTEs: the deliveries, the devices' events, and when devices accepted.
+# ``{held}`` leaves out those of notifications whose claim did not hold, when they are part of the
+# statement that marks them delivered (see transitions.mark_delivered).
+_PG_RECORDING = """
+recorded AS (
+    INSERT INTO delivery
+        (target_id, notification_id, device_id, kind, status, attempts, provider_message_id, error,
+         delivered_at, updated_at)
+    SELECT t.*, %s
+    FROM unnest(%s::uuid[], %s::uuid[], %s::uuid[], %s::text[], %s::text[], %s::int[], %s::text[],
+                %s::text[], %s::timestamp[])
+        AS t(target_id, notification_id, device_id, kind, status, attempts, provider_message_id, error,
+             delivered_at)
+    {held}
+    ON CONFLICT (notification_id, target_id) DO UPDATE
+    SET status = EXCLUDED.status, attempts = delivery.attempts + EXCLUDED.attempts,
+        provider_message_id = EXCLUDED.provider_message_id, error = EXCLUDED.error,
+        delivered_at = EXCLUDED.delivered_at, updated_at = EXCLUDED.updated_at
+)"""
+# Devices' outcomes write more: their events, and when they accepted.
+_PG_RECORDING_DEVICES = """, device_events AS (
+    INSERT INTO notification_event (notification_id, kind, at, host, detail)
+    SELECT e.notification_id, e.kind, %s, %s, e.detail
+    FROM unnest(%s::uuid[], %s::text[], %s::text[]) AS e(notification_id, kind, detail)
+    {held}
+), device_success AS (
+    -- A device another transaction holds is skipped, not waited for: its last success is not
+    -- worth a lock wait, nor the deadlock of two messages updating one recipient's devices.
+    UPDATE device SET last_success_at = %s
+    WHERE id IN (
+        SELECT d.id FROM device d
+        JOIN unnest(%s::uuid[], %s::uuid[]) AS s(device_id, notification_id) ON d.id = s.device_id
+        {held}
+        ORDER BY d.id
+        FOR UPDATE OF d SKIP LOCKED
+    )
+)"""
 
 
-def pg_record(held: str = "") -> str:
-    """PostgreSQL's statement writing outcomes, with ``held`` (a WHERE clause on ``t``) if any."""
-    return _PG_RECORD.format(held=held)
+def pg_recording(held: str = "", *, by_device: bool = True) -> str:
+    """The CTEs that write outcomes on PostgreSQL; ``held`` a condition on their ``notification_id``.
+
+    Without ``by_device``, for outcomes of the webhook or outbox alone: a smaller statement to plan.
+    """
+    return (_PG_RECORDING + (_PG_RECORDING_DEVICES if by_device else "")).format(held=held)
 
 
-def pg_record_params(results: Sequence[Result], at: dt.datetime) -> tuple[Any, ...]:
-    """The parameters of ``pg_record``'s statement: one array per column."""
-    return (
+def pg_recording_params(results: Sequence[Result], at: dt.datetime, host: str) -> tuple[Any, ...]:
+    """The parameters of ``pg_recording``'s CTEs, in their order: arrays, one per column."""
+    by_device = [r for r in results if r.device_id is not None]
+    accepted = [r for r in by_device if r.status == DELIVERED_DELIVERY]
+    deliveries = (
         at,
-        [r.id for r in results],
+        [r.target_id for r in results],
         [r.notification_id for r in results],
         [r.device_id for r in results],
         [r.kind for r in results],
@@ -289,6 +322,19 @@ def pg_record_params(results: Sequence[Result], at: dt.datetime) -> tuple[Any, .
         [r.error for r in results],
         [at if r.status == DELIVERED_DELIVERY else None for r in results],
     )
+    if not by_device:
+        return deliveries
+    return (
+        *deliveries,
+        at,
+        host,
+        [r.notification_id for r in by_device],
+        [r.event for r in by_device],
+        [describe(r) for r in by_device],
+        at,
+        [r.device_id for r in accepted],
+        [r.notification_id for r in accepted],
+    )
 
 
 def _start(targets: Sequence[Target], at: dt.datetime) -> None:
@@ -297,7 +343,7 @@ def _start(targets: Sequence[Target], at: dt.datetime) -> None:
         return
     if is_postgres():
         columns = (
-            [t.id for t in targets],
+            [t.target_id for t in targets],
             [t.notification_id for t in targets],
             [t.device_id for t in targets],
         )
@@ -305,7 +351,7 @@ def _start(targets: Sequence[Target], at: dt.datetime) -> None:
         return
     rows = [
         {
-            "id": t.id,
+            "target_id": t.target_id,
             "notification_id": t.notification_id,
             "device_id": t.device_id,
             "kind": t.kind,
@@ -316,7 +362,7 @@ def _start(targets: Sequence[Target], at: dt.datetime) -> None:
         for t in targets
     ]
     Delivery.insert_many(rows).on_conflict(
-        conflict_target=[Delivery.notification_id, Delivery.id],
+        conflict_target=[Delivery.notification_id, Delivery.target_id],
         update={
             Delivery.status: PENDING_DELIVERY,
             Delivery.kind: peewee.EXCLUDED.kind,
@@ -335,42 +381,50 @@ def record(results: Iterable[Result], *, host: str, at: dt.datetime | None = Non
     if not results:
         return
     at = at or utcnow()
-    if is_postgres():
-        db.execute_sql(pg_record(), pg_record_params(results, at))
-    else:
-        rows = [
-            {
-                "id": r.id,
-                "notification_id": r.notification_id,
-                "device_id": r.device_id,
-                "kind": r.kind,
-                "status": r.status,
-                "attempts": int(r.attempted),
-                "provider_message_id": r.provider_message_id,
-                "error": r.error,
-                "delivered_at": at if r.status == DELIVERED_DELIVERY else None,
-                "updated_at": at,
-            }
-            for r in results
-        ]
-        Delivery.insert_many(rows).on_conflict(
-            conflict_target=[Delivery.notification_id, Delivery.id],
-            update={
-                Delivery.status: peewee.EXCLUDED.status,
-                Delivery.attempts: Delivery.attempts + peewee.EXCLUDED.attempts,
-                Delivery.provider_message_id: peewee.EXCLUDED.provider_message_id,
-                Delivery.error: peewee.EXCLUDED.error,
-                Delivery.delivered_at: peewee.EXCLUDED.delivered_at,
-                Delivery.updated_at: peewee.EXCLUDED.updated_at,
-            },
-        ).execute()
-    record_by_device(results, host=host, at=at)
-
-
-def record_by_device(results: Sequence[Result], *, host: str, at: dt.datetime) -> None:
-    """What a device's outcome writes besides its delivery: its history event, when it accepted."""
     by_device = [r for r in results if r.device_id is not None]
-    events.record_each([(r.notification_id, r.event, describe(r)) for r in by_device], host, at=at)
+    if is_postgres():
+        statement = f"WITH {pg_recording(by_device=bool(by_device))} SELECT 1"
+        db.execute_sql(statement, pg_recording_params(results, at, host))
+        return
+    rows = [
+        {
+            "target_id": r.target_id,
+            "notification_id": r.notification_id,
+            "device_id": r.device_id,
+            "kind": r.kind,
+            "status": r.status,
+            "attempts": int(r.attempted),
+            "provider_message_id": r.provider_message_id,
+            "error": r.error,
+            "delivered_at": at if r.status == DELIVERED_DELIVERY else None,
+            "updated_at": at,
+        }
+        for r in results
+    ]
+    Delivery.insert_many(rows).on_conflict(
+        conflict_target=[Delivery.notification_id, Delivery.target_id],
+        update={
+            Delivery.status: peewee.EXCLUDED.status,
+            Delivery.attempts: Delivery.attempts + peewee.EXCLUDED.attempts,
+            Delivery.provider_message_id: peewee.EXCLUDED.provider_message_id,
+            Delivery.error: peewee.EXCLUDED.error,
+            Delivery.delivered_at: peewee.EXCLUDED.delivered_at,
+            Delivery.updated_at: peewee.EXCLUDED.updated_at,
+        },
+    ).execute()
+    if by_device:
+        NotificationEvent.insert_many(
+            [
+                {
+                    "notification_id": r.notification_id,
+                    "kind": r.event,
+                    "at": at,
+                    "host": host,
+                    "detail": describe(r),
+                }
+                for r in by_device
+            ]
+        ).execute()
     devices.succeeded((r.device_id for r in by_device if r.status == DELIVERED_DELIVERY), at)
 
 

@@ -1,5 +1,4 @@
-"""The per-notification event history: created, queued, attempts, delivered, failed, cancelled, forced,
-and each device's outcome."""
+"""The per-notification event history: created, queued, attempts, delivered, failed, cancelled, forced."""
 
 from __future__ import annotations
 
@@ -35,27 +34,3 @@ def record_many(notification_ids: Iterable[Any], kind: str, host: str, at: dt.da
         return
     rows = [{"notification_id": nid, "kind": kind, "host": host, "at": at} for nid in ids]
     NotificationEvent.insert_many(rows).execute()
-
-
-def record_each(
-    entries: Iterable[tuple[Any, str, str | None]], host: str, at: dt.datetime | None = None
-) -> None:
-    """Events of their own kinds and details: ``(notification id, kind, detail)`` each."""
-    rows = list(entries)
-    if not rows:
-        return
-    at = at or utcnow()
-    if is_postgres():
-        db.execute_sql(
-            "INSERT INTO notification_event (notification_id, kind, at, host, detail)"
-            " SELECT e.notification_id, e.kind, %s, %s, e.detail"
-            " FROM unnest(%s::uuid[], %s::text[], %s::text[]) AS e(notification_id, kind, detail)",
-            (at, host, [str(nid) for nid, _, _ in rows], [k for _, k, _ in rows], [d for _, _, d in rows]),
-        )
-        return
-    NotificationEvent.insert_many(
-        [
-            {"notification_id": nid, "kind": kind, "host": host, "at": at, "detail": detail}
-            for nid, kind, detail in rows
-        ]
-    ).execute()

@@ -181,9 +181,9 @@ class Delivery(BaseModel):
     """One notification's delivery to one device, or to the webhook or outbox (``device_id`` null)."""
 
     notification_id = peewee.UUIDField()
-    # Derived from the notification and device ids (see storage.deliveries), so that recording an
-    # outcome is one upsert on the key, whether the row was written before or not.
-    id = peewee.UUIDField()
+    # The device's id, or the nil UUID for the webhook or outbox: part of the key, which no null can
+    # be, so that recording an outcome is one upsert whether the row was written before or not.
+    target_id = peewee.UUIDField()
     device_id = peewee.UUIDField(null=True)
     kind = peewee.CharField(max_length=16)
     status = peewee.CharField(max_length=10, default=PENDING_DELIVERY)
@@ -195,4 +195,4 @@ class Delivery(BaseModel):
 
     class Meta:
         # The notification first: the one index finds a notification's deliveries as well.
-        primary_key = peewee.CompositeKey("notification_id", "id")
+        primary_key = peewee.CompositeKey("notification_id", "target_id")

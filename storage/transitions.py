@@ -8,7 +8,6 @@ function: PostgreSQL does a message's rows in one statement, SQLite one row at a
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -147,14 +146,14 @@ SELECT id, 'delivered', delivered_at, %s, detail FROM delivered
 RETURNING notification_id
 """
 _PG_DELIVERED = _PG_MARK_DELIVERED + _PG_LOG_DELIVERED
-# With the push notifications' deliveries: those of the rows it marked.
-_PG_DELIVERED_RECORDING = (
-    _PG_MARK_DELIVERED
-    + ", recorded AS ("
-    + deliveries.pg_record("WHERE t.notification_id IN (SELECT id FROM delivered)")
-    + ")"
+# With the push notifications' deliveries, those of the rows it marked: by device or not.
+_PG_DELIVERED_RECORDING = {
+    by_device: _PG_MARK_DELIVERED
+    + ","
+    + deliveries.pg_recording("WHERE notification_id IN (SELECT id FROM delivered)", by_device=by_device)
     + _PG_LOG_DELIVERED
-)
+    for by_device in (False, True)
+}
 
 
 def _pg_arrays(seqs: Mapping[Any, int]) -> tuple[list[str], list[int]]:
@@ -252,13 +251,10 @@ def mark_delivered(
         if not outcomes:
             cursor = db.execute_sql(_PG_DELIVERED, (ids, numbers, texts, ids, now, now, host))
             return {str(row[0]) for row in cursor.fetchall()}
-        by_device = any(o.device_id is not None for o in outcomes)
-        with db.atomic() if by_device else contextlib.nullcontext():
-            params = (ids, numbers, texts, ids, now, now, *deliveries.pg_record_params(outcomes, now), host)
-            done = {str(row[0]) for row in db.execute_sql(_PG_DELIVERED_RECORDING, params).fetchall()}
-            held = [o for o in outcomes if o.notification_id in done]
-            deliveries.record_by_device(held, host=host, at=now)
-        return done
+        statement = _PG_DELIVERED_RECORDING[any(o.device_id is not None for o in outcomes)]
+        recording = deliveries.pg_recording_params(outcomes, now, host)
+        params = (ids, numbers, texts, ids, now, now, *recording, host)
+        return {str(row[0]) for row in db.execute_sql(statement, params).fetchall()}
     done = set()
     with db.atomic():
         for notification_id, seq in seqs.items():

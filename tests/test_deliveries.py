@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+
 import storage
 from api import create_app
-from harness.factories import make
-from storage import deliveries, devices, queries
+from harness.factories import make, take
+from storage import deliveries, devices, models, queries, transitions
 from storage.deliveries import Result
 from storage.models import DELIVERED_DELIVERY, FAILED_DELIVERY, PENDING_DELIVERY
 
@@ -137,7 +139,7 @@ def test_a_forced_attempt_once_devices_came_leaves_the_fallback(db):
     forced = plan_one(n, forced_after=1)
     assert [t.device.id for t in forced.targets] == [device.id]
     stored = rows(n)
-    assert (str(stored[None].id), stored[None].status) == (fallback.id, FAILED_DELIVERY)
+    assert (str(stored[None].target_id), stored[None].status) == (fallback.target_id, FAILED_DELIVERY)
     assert "devices changed" in stored[None].error
 
 
@@ -185,3 +187,43 @@ def test_a_notification_shows_its_deliveries(database_url):
         assert "deliveries" not in listed[0], "the list leaves them out"
     finally:
         storage.db.close()
+
+
+def test_messages_recording_the_same_devices_at_once_neither_deadlock_nor_lose_an_outcome(db):
+    devices_of_ann = [phone("ann", f"token-{i}") for i in range(30)]
+    notifications = [make(recipient_id="ann") for _ in range(40)]
+    taken = take(limit=100)
+    transitions.claim({d.notification_id: d.seq for d in taken}, host="w", lease=60)
+    seqs = {d.notification_id: d.seq for d in taken}
+    outcomes = {
+        str(n.id): [
+            Result(
+                str(n.id), str(d.id), "fcm", DELIVERED_DELIVERY, "device_delivered", provider_message_id="m"
+            )
+            for d in devices_of_ann
+        ]
+        for n in notifications
+    }
+    errors: list[Exception] = []
+    barrier = threading.Barrier(4)
+
+    def record(ids):
+        with storage.db.connection_context():
+            barrier.wait()
+            try:
+                for part in (ids[i : i + 5] for i in range(0, len(ids), 5)):
+                    # Each message's devices in turn, the other way round from the next message's.
+                    results = [r for nid in part for r in outcomes[nid]][:: -1 if part[0] in ids[::2] else 1]
+                    transitions.mark_delivered({nid: seqs[nid] for nid in part}, host="w", outcomes=results)
+            except Exception as exc:
+                errors.append(exc)
+
+    ids = list(outcomes)
+    threads = [threading.Thread(target=record, args=(ids[i::4],)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert models.Delivery.select().where(models.Delivery.status == DELIVERED_DELIVERY).count() == 1200
+    assert all(d.last_success_at for d in devices.of_recipient("ann"))
