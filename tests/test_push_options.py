@@ -83,15 +83,15 @@ def test_email_takes_no_push_options(client):
     assert "ttl" in response.json["errors"]["json"]
 
 
-def test_a_version_6_database_gains_the_options_devices_and_deliveries(database_url):
+def test_a_version_8_database_gains_the_options_devices_and_deliveries(database_url):
     database = storage.configure(database_url)
     with database.connection_context():
-        # The database as version 6 left it.
+        # The database as version 8 left it.
         database.execute_sql("DROP TABLE delivery")
         database.execute_sql("DROP TABLE device")
         for column in ("ttl", "urgency", "collapse_key"):
             database.execute_sql(f"ALTER TABLE notification DROP COLUMN {column}")
-        database.execute_sql("DELETE FROM schema_version WHERE version > 6")
+        database.execute_sql("DELETE FROM schema_version WHERE version > 8")
     database = storage.configure(database_url)
     with database.connection_context():
         columns = {c.name for c in database.get_columns("notification")}
