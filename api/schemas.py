@@ -145,6 +145,8 @@ def _check_schedule(value: dt.datetime | None) -> None:
 
 
 class PushRequest(NotificationRequest):
+    """A push notification; its ``data`` may not use the keys FCM reserves (see reserved_data_keys)."""
+
     title = Text(validate=validate.Length(max=255), load_default=None)
     data = fields.Dict(
         keys=fields.String(),
@@ -152,8 +154,7 @@ class PushRequest(NotificationRequest):
         validate=bounded_json,
         metadata={
             LIMITS_DOC: "a JSON object of at most {MAX_DATA_BYTES} bytes, "
-            "nested at most {MAX_DATA_DEPTH} levels; keys FCM reserves for itself "
-            "(notification_id, from, message_type, and any starting with google or gcm) are refused"
+            "nested at most {MAX_DATA_DEPTH} levels"
         },
     )
     ttl = fields.Integer(
