@@ -1,4 +1,9 @@
-"""Thin actors: claim a message's notifications, deliver each through its provider, record the outcomes."""
+"""Thin actors: claim a message's notifications, deliver each through its provider, record the outcomes.
+
+A push notification goes to every active device of its recipient, each through the sender of its
+kind, or, to a recipient without one, through the push provider (the webhook or the outbox); the
+notification's deliveries (``storage.deliveries``) say where it went and where it is still to go.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +20,20 @@ import dramatiq
 import logs
 import settings
 import storage
-from actors.providers import DeliveryError, Envelope, TransientDeliveryError, provider_for
-from storage import db, events, transitions
+from actors.providers import (
+    DeliveryError,
+    Device,
+    DeviceGone,
+    Envelope,
+    PushMessage,
+    TransientDeliveryError,
+    provider_for,
+    sender_for,
+)
+from storage import db, deliveries, devices, events, transitions
 from storage.clock import utcnow
+from storage.deliveries import Plan, Result, Target
+from storage.models import DELIVERED_DELIVERY, FAILED_DELIVERY, PENDING_DELIVERY
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +72,34 @@ def envelope_of(notification: transitions.Claimed) -> Envelope:
     )
 
 
+def push_message_of(notification: transitions.Claimed) -> PushMessage:
+    return PushMessage(
+        notification_id=notification.id,
+        recipient_id=notification.recipient_id,
+        content=notification.content,
+        title=notification.title,
+        data=notification.data,
+        ttl=86400 if notification.ttl is None else notification.ttl,
+        urgency=notification.urgency or "normal",
+        collapse_key=notification.collapse_key,
+    )
+
+
+def device_of(target: Target) -> Device:
+    """A stored device as a sender takes it."""
+    stored = target.device
+    assert stored is not None
+    return Device(
+        id=str(stored.id),
+        kind=stored.kind,
+        address=stored.address,
+        p256dh=stored.p256dh,
+        auth=stored.auth,
+        environment=stored.environment,
+        last_seen_at=stored.last_seen_at,
+    )
+
+
 def deliver(seqs: dict[str, int], *, clock: Callable[[], float] = time.monotonic) -> None:
     """Deliver each notification the message is current for; stale and duplicate ones do nothing.
 
@@ -83,6 +127,22 @@ class Outcome:
     lateness: float = 0.0  # seconds from the due time to delivery
 
 
+@dataclass(frozen=True)
+class DeviceOutcome:
+    """What one attempt did for one delivery of a push notification: delivered, failed, retry, gone."""
+
+    kind: str  # webpush, unifiedpush, fcm, apns; webhook or outbox for a recipient without devices
+    outcome: str
+
+
+@dataclass(frozen=True)
+class DeviceDisabled:
+    """A device its push service said is gone, disabled by this message."""
+
+    kind: str
+    reason: str
+
+
 # The outcomes of the message this worker thread is handling, one per notification it finished.
 current_outcome = threading.local()
 
@@ -103,9 +163,12 @@ class _Batch:
         self.unrecorded: list[transitions.Claimed] = []
         # Where each unrecorded delivery went, when its provider said (the SMTP relay that took it).
         self.via: dict[str, str] = {}
+        # Where each push notification goes on this attempt, and the outcomes not recorded yet.
+        self.plans: dict[str, Plan] = {}
+        self.results: dict[str, list[Result]] = {}
         self.recorded_at = self.started
         self.retry: list[Exception] = []
-        self.outcomes: list[Outcome] = []
+        self.outcomes: list[Outcome | DeviceOutcome | DeviceDisabled] = []
         current_outcome.value = self.outcomes
 
     def run(self) -> None:
@@ -114,6 +177,15 @@ class _Batch:
         claimed = transitions.claim(self.seqs, host=settings.HOSTNAME, lease=settings.PROCESSING_LEASE)
         if len(claimed) < len(self.seqs):
             _skip_stale(self.seqs, {n.id for n in claimed})
+        self.plans = deliveries.plan(
+            [
+                deliveries.Claim(n.id, n.recipient_id, n.attempt_count, n.attempts_at_force)
+                for n in claimed
+                if n.channel == "push"
+            ],
+            fallback=provider_for("push").name,
+            host=settings.HOSTNAME,
+        )
         self.untried.extend(claimed)
         while self.untried:
             if self.clock() - self.started > settings.PROCESSING_LEASE / 2:
@@ -130,23 +202,36 @@ class _Batch:
     def seq(self, notification: transitions.Claimed) -> int:
         return self.seqs[notification.id]
 
-    def delivered(self, notification: transitions.Claimed, via: str | None = None) -> None:
+    def delivered(
+        self, notification: transitions.Claimed, via: str | None = None, results: list[Result] | None = None
+    ) -> None:
         self.unrecorded.append(notification)
         if via:
             self.via[notification.id] = via
+        if results:
+            self.results[notification.id] = results
         if len(self.unrecorded) >= _RECORD_EVERY or self.clock() - self.recorded_at >= _RECORD_AFTER:
             self.record()
 
     def record(self) -> None:
-        """Record the deliveries made since the last time; count those whose claim still held."""
+        """Record the deliveries made since the last time; count those whose claim still held.
+
+        A push notification's deliveries are written with it, for those whose claim held.
+        """
+        results = [r for n in self.unrecorded for r in self.results.pop(n.id, [])]
         done = transitions.mark_delivered(
-            {n.id: self.seq(n) for n in self.unrecorded}, host=settings.HOSTNAME, details=self.via
+            {n.id: self.seq(n) for n in self.unrecorded},
+            host=settings.HOSTNAME,
+            details=self.via,
+            outcomes=results,
         )
+        held = [r for r in results if r.notification_id in done]
         now = utcnow()
         for notification in self.unrecorded:
             if notification.id in done:
                 lateness = max(0.0, (now - notification.due_at).total_seconds())
                 self.outcomes.append(Outcome(notification.channel, delivered=True, lateness=lateness))
+        self.outcomes += _counted(held)
         self.unrecorded, self.via, self.recorded_at = [], {}, self.clock()
 
     def salvage(self) -> None:
@@ -160,6 +245,7 @@ class _Batch:
 
     def give_back(self, reason: str) -> None:
         """Return the rows not tried yet, uncounted, to the retry of this message."""
+        deliveries.forget_untried(n.id for n in self.untried if n.channel == "push")
         while self.untried:
             notification = self.untried.popleft()
             transitions.defer(
@@ -180,15 +266,19 @@ def _skip_stale(seqs: dict[str, int], claimed: set[str]) -> None:
         logger.info("Skipped %s: message %d is no longer current", notification_id, seq)
 
 
+def _attempt(notification: transitions.Claimed) -> int:
+    """The attempt this is: 1 for the first, and again for the first since the notification was forced."""
+    return notification.attempt_count - notification.attempts_at_force
+
+
 def _deliver_one(batch: _Batch, notification: transitions.Claimed) -> None:
-    host, seq, notification_id = settings.HOSTNAME, batch.seq(notification), notification.id
-    attempt = notification.attempt_count - notification.attempts_at_force
+    attempt = _attempt(notification)
     if attempt > settings.MAX_RETRY_ATTEMPTS + 1:
         # Only reachable when workers kept dying mid-delivery: stop before trying yet again.
-        if transitions.mark_failed(
-            notification_id, seq, host=host, error="gave up: workers stopped mid-delivery"
-        ):
-            batch.outcomes.append(Outcome(notification.channel, delivered=False))
+        _give_up(batch, notification, "gave up: workers stopped mid-delivery")
+        return
+    if notification.channel == "push":
+        _fan_out(batch, notification, attempt)
         return
     provider = provider_for(notification.channel)
     try:
@@ -198,7 +288,109 @@ def _deliver_one(batch: _Batch, notification: transitions.Claimed) -> None:
             batch.retry.append(exc)
         return
     batch.delivered(notification, via)
-    logger.info("Delivered %s via %s on attempt %d", notification_id, via or provider.name, attempt)
+    logger.info("Delivered %s via %s on attempt %d", notification.id, via or provider.name, attempt)
+
+
+def _give_up(batch: _Batch, notification: transitions.Claimed, error: str) -> None:
+    host, seq = settings.HOSTNAME, batch.seq(notification)
+    plan = batch.plans.get(notification.id, Plan())
+    unsent = [
+        _result(t, FAILED_DELIVERY, "device_failed", error=error, attempted=False) for t in plan.targets
+    ]
+    with db.atomic():
+        if transitions.mark_failed(notification.id, seq, host=host, error=error):
+            deliveries.record(unsent, host=host)
+            batch.outcomes.append(Outcome(notification.channel, delivered=False))
+
+
+def _fan_out(batch: _Batch, notification: transitions.Claimed, attempt: int) -> None:
+    """Send a push notification where its plan says, then record what became of it.
+
+    Delivered once a device accepted it and none waits for a retry; back to Pending for the
+    message's retry while any delivery failed transiently with retries left; else Failed.
+    """
+    host, seq, notification_id = settings.HOSTNAME, batch.seq(notification), notification.id
+    plan = batch.plans[notification_id]
+    retries_left = attempt <= settings.MAX_RETRY_ATTEMPTS
+    message = push_message_of(notification) if any(t.device for t in plan.targets) else None
+    results: list[Result] = []
+    transient: list[Exception] = []
+    for target in plan.targets:
+        results.append(_send(batch, notification, message, target, retries_left, transient))
+    waiting = [r for r in results if r.status == PENDING_DELIVERY]
+    accepted = plan.delivered + sum(1 for r in results if r.status == DELIVERED_DELIVERY)
+    if waiting:
+        error = deliveries.summary(waiting)
+        asked = [
+            e.retry_after for e in transient if isinstance(e, DeliveryError) and e.retry_after is not None
+        ]
+        lease = _retry_lease(max(asked, default=None))
+        with db.atomic():
+            if transitions.release_for_retry(notification_id, seq, host=host, error=error, lease=lease):
+                deliveries.record(results, host=host)
+                batch.outcomes += _counted(results)
+        batch.retry += transient
+        logger.warning(
+            "Attempt %d for %s: %d of %d deliveries will be retried: %s",
+            attempt, notification_id, len(waiting), len(results), error,
+        )  # fmt: skip
+    elif accepted:
+        batch.delivered(notification, results=results)
+        total = plan.delivered + len(plan.failed) + len(results)
+        logger.info("Delivered %s to %d of %d on attempt %d", notification_id, accepted, total, attempt)
+    else:
+        error = deliveries.summary(plan.failed + results)
+        with db.atomic():
+            if transitions.mark_failed(notification_id, seq, host=host, error=error):
+                deliveries.record(results, host=host)
+                batch.outcomes += _counted(results)
+                batch.outcomes.append(Outcome(notification.channel, delivered=False))
+        logger.error("Failed %s after %d attempts: %s", notification_id, attempt, error)
+
+
+def _send(
+    batch: _Batch,
+    notification: transitions.Claimed,
+    message: PushMessage | None,
+    target: Target,
+    retries_left: bool,
+    transient: list[Exception],
+) -> Result:
+    """One delivery's attempt: to a device through its kind's sender, or through the push provider."""
+    try:
+        if target.device is None:
+            provider_for("push").deliver(envelope_of(notification))
+            message_id = None
+        else:
+            assert message is not None
+            message_id = sender_for(target.kind).send(device_of(target), message) or None
+    except DeviceGone as exc:
+        assert target.device is not None
+        if devices.disable(target.device.id, exc.reason, seen=target.device.last_seen_at):
+            batch.outcomes.append(DeviceDisabled(target.kind, exc.reason))
+            logger.warning("Disabled %s device %s: %s", target.kind, target.device_id, exc.reason)
+        return _result(target, FAILED_DELIVERY, "device_gone", error=f"gone, disabled: {exc.reason}")
+    except Exception as exc:
+        reason = exc.reason if isinstance(exc, DeliveryError) else f"{type(exc).__name__}: {exc}"
+        if (not isinstance(exc, DeliveryError) or exc.transient) and retries_left:
+            transient.append(exc)
+            return _result(target, PENDING_DELIVERY, "device_retry", error=reason)
+        if target.device is not None:
+            logger.warning("Delivery to %s device %s failed: %s", target.kind, target.device_id, reason)
+        return _result(target, FAILED_DELIVERY, "device_failed", error=reason)
+    return _result(target, DELIVERED_DELIVERY, "device_delivered", provider_message_id=message_id)
+
+
+def _result(target: Target, status: str, event: str, **details: Any) -> Result:
+    return Result(target.notification_id, target.device_id, target.kind, status, event, **details)
+
+
+_OUTCOMES = {"device_delivered": "delivered", "device_retry": "retry", "device_gone": "gone"}
+
+
+def _counted(results: list[Result]) -> list[DeviceOutcome]:
+    """Each delivery's outcome for the metrics, once its record held; one not sent is no outcome."""
+    return [DeviceOutcome(r.kind, _OUTCOMES.get(r.event, "failed")) for r in results if r.attempted]
 
 
 def _retry_lease(retry_after: float | None) -> float:

@@ -1,4 +1,5 @@
-"""Prometheus counters of the workers: notifications delivered and failed, and how late they went out.
+"""Prometheus counters of the workers: notifications delivered and failed, how late they went out, and
+push deliveries per kind of device and outcome, and devices disabled per kind and reason.
 
 The counters are made on first use, when the process has booted and Dramatiq's Prometheus middleware
 has pointed ``prometheus_client`` at its multiprocess directory (``after_`` hooks run in reverse
@@ -9,6 +10,7 @@ each channel (``PUSH_METRICS_PORT``, ``EMAIL_METRICS_PORT``) sums them over the 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -29,9 +31,11 @@ class _Metrics:
     delivered: Any
     failed: Any
     lateness: Any
+    device_deliveries: Any
+    devices_disabled: Any
 
     def collectors(self) -> list[Any]:
-        return [self.delivered, self.failed, self.lateness]
+        return [self.delivered, self.failed, self.lateness, self.device_deliveries, self.devices_disabled]
 
 
 def _make_metrics() -> _Metrics:
@@ -52,7 +56,34 @@ def _make_metrics() -> _Metrics:
             buckets=LATENESS_BUCKETS,
             registry=None,
         ),
+        device_deliveries=prom.Counter(
+            "push_deliveries",
+            "Attempts of push deliveries, per kind of device (webhook or outbox without one) and outcome.",
+            ["kind", "outcome"],
+            registry=None,
+        ),
+        devices_disabled=prom.Counter(
+            "push_devices_disabled",
+            "Devices disabled because their push service said they are gone.",
+            ["kind", "reason"],
+            registry=None,
+        ),
     )
+
+
+# The codes push services give for a device that is gone (FCM's, then APNs'); a reason is labelled
+# by its HTTP status and such a code, so that the label's values stay few whatever else it says.
+_GONE_CODES = re.compile(
+    r"\b(UNREGISTERED|SENDER_ID_MISMATCH|INVALID_ARGUMENT|Unregistered|BadDeviceToken|DeviceTokenNotForTopic)\b"
+)
+_HTTP_STATUS = re.compile(r"\bHTTP (\d{3})\b")
+
+
+def reason_label(reason: str) -> str:
+    """A disabled device's reason as a label: ``410``, ``404 UNREGISTERED``, ``400 BadDeviceToken``."""
+    status, code = _HTTP_STATUS.search(reason), _GONE_CODES.search(reason)
+    words = [match.group(1) for match in (status, code) if match]
+    return " ".join(words) or "other"
 
 
 class DeliveryMetrics(dramatiq.Middleware):
@@ -86,8 +117,12 @@ class DeliveryMetrics(dramatiq.Middleware):
 
     after_skip_message = after_process_message
 
-    def observe(self, outcome: delivery.Outcome) -> None:
-        if outcome.delivered:
+    def observe(self, outcome: delivery.Outcome | delivery.DeviceOutcome | delivery.DeviceDisabled) -> None:
+        if isinstance(outcome, delivery.DeviceOutcome):
+            self.metrics.device_deliveries.labels(outcome.kind, outcome.outcome).inc()
+        elif isinstance(outcome, delivery.DeviceDisabled):
+            self.metrics.devices_disabled.labels(outcome.kind, reason_label(outcome.reason)).inc()
+        elif outcome.delivered:
             self.metrics.delivered.labels(outcome.channel).inc()
             self.metrics.lateness.labels(outcome.channel).observe(outcome.lateness)
         else:

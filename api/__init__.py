@@ -26,6 +26,7 @@ from actors.scheduler import SchedulerMiddleware
 from api import (
     auth,
     dashboard,
+    devices,
     health,
     metrics,
     notifications,
@@ -81,6 +82,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     api.register_blueprint(notifications.blp)
     api.register_blueprint(templates.blp)
+    api.register_blueprint(devices.blp)
     api.register_blueprint(health.blp)
     api.register_blueprint(metrics.blp)
     app.register_blueprint(dashboard.blp)

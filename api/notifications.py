@@ -18,12 +18,12 @@ from api.schemas import (
     BatchResponse,
     EmailRequest,
     ListArgs,
+    NotificationDetail,
     NotificationList,
-    NotificationSchema,
     PushRequest,
 )
 from api.validation import JsonParser
-from storage import queries, transitions
+from storage import deliveries, queries, transitions
 from storage.models import Notification
 
 blp = Blueprint(
@@ -121,11 +121,13 @@ class Notifications(MethodView):
 
 @blp.route("/<uuid:notification_id>")
 class NotificationById(MethodView):
-    @blp.response(200, NotificationSchema)
+    @blp.response(200, NotificationDetail)
     @blp.alt_response(404, response="NOT_FOUND")
     def get(self, notification_id: UUID) -> Notification:
         """Get one notification and its status"""
-        return _answer(queries.get, notification_id)
+        notification = _answer(queries.get, notification_id)
+        notification.deliveries = deliveries.of_notification(notification_id)  # type: ignore[attr-defined]
+        return notification
 
 
 @blp.route("/<uuid:notification_id>/force")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeGuard
 from zoneinfo import ZoneInfo, available_timezones
@@ -13,13 +14,27 @@ from flask import current_app
 from marshmallow import Schema, ValidationError, fields, post_load, validate, validates, validates_schema
 from marshmallow.types import StrSequenceOrSet, UnknownOption
 
+from actors.providers.base import reserved_data_keys
 from api.rendering import LOCALE
 from api.validation import Text, bounded_json, encodable, printable
 from storage.clock import from_db
-from storage.models import CHANNELS, STATUSES, Notification
+from storage.models import (
+    CHANNELS,
+    DELIVERY_STATUSES,
+    DEVICE_KINDS,
+    FALLBACK_KINDS,
+    STATUSES,
+    URGENCIES,
+    Notification,
+)
 
 MAX_CONTENT = 10_000
 MAX_HTML = 100_000
+# Push: the longest a push service keeps a notification for an offline device (FCM's and Web Push's
+# common limit: 28 days), and the key by which a newer one replaces an undelivered older one.
+MAX_TTL = 2_419_200
+DEFAULT_TTL = 86_400
+COLLAPSE_KEY = re.compile(r"\A[A-Za-z0-9_-]{1,32}\Z")
 # Far enough for any real schedule, near enough that date arithmetic cannot overflow.
 MAX_SCHEDULE_AHEAD = dt.timedelta(days=3660)
 TEMPLATE_NAME = r"[a-z0-9_.-]{1,100}"
@@ -130,6 +145,8 @@ def _check_schedule(value: dt.datetime | None) -> None:
 
 
 class PushRequest(NotificationRequest):
+    """A push notification; its ``data`` may not use the keys FCM reserves (see reserved_data_keys)."""
+
     title = Text(validate=validate.Length(max=255), load_default=None)
     data = fields.Dict(
         keys=fields.String(),
@@ -140,6 +157,25 @@ class PushRequest(NotificationRequest):
             "nested at most {MAX_DATA_DEPTH} levels"
         },
     )
+    ttl = fields.Integer(
+        strict=True,
+        load_default=DEFAULT_TTL,
+        validate=validate.Range(min=0, max=MAX_TTL),
+        metadata={"description": "seconds a push service keeps it for a device that is offline"},
+    )
+    urgency = fields.String(load_default="normal", validate=validate.OneOf(URGENCIES))
+    collapse_key = fields.String(
+        load_default=None,
+        validate=validate.Regexp(COLLAPSE_KEY, error="Must be 1 to 32 characters of A-Z, a-z, 0-9, - and _."),
+        metadata={"description": "a newer notification with the same key replaces an undelivered older one"},
+    )
+
+    @validates("data")
+    def _no_key_fcm_reserves(self, value: dict[str, Any] | None, **_kwargs: Any) -> None:
+        # FCM refuses them, or they would hide ours: refused here, for every push, whatever its devices.
+        reserved = reserved_data_keys(value) if value else []
+        if reserved:
+            raise ValidationError({key: ["Reserved by FCM; use another key."] for key in reserved})
 
     def load(
         self,
@@ -239,10 +275,18 @@ def plain_push(body: dict[str, Any]) -> dict[str, Any] | None:
         if type(data) is not dict or not all(type(key) is str for key in data):
             return None
         data = dict(data)
+        if reserved_data_keys(data):
+            return None
         try:
             bounded_json(data)
         except ValidationError:
             return None
+    ttl, urgency = body.get("ttl", DEFAULT_TTL), body.get("urgency", "normal")
+    collapse_key = body.get("collapse_key")
+    if type(ttl) is not int or not 0 <= ttl <= MAX_TTL or urgency not in URGENCIES:
+        return None
+    if collapse_key is not None and (type(collapse_key) is not str or not COLLAPSE_KEY.match(collapse_key)):
+        return None
     return {
         "recipient_id": recipient,
         "content": content,
@@ -250,6 +294,9 @@ def plain_push(body: dict[str, Any]) -> dict[str, Any] | None:
         "scheduled_time": scheduled_time,
         "title": title,
         "data": data,
+        "ttl": ttl,
+        "urgency": urgency,
+        "collapse_key": collapse_key,
     }
 
 
@@ -352,6 +399,28 @@ class NotificationSchema(Schema):
     html = fields.String(allow_none=True)
     template = fields.String(allow_none=True, metadata={"description": "the template the texts came from"})
     locale = fields.String(allow_none=True, metadata={"description": "the template's locale used"})
+    ttl = fields.Integer(allow_none=True, metadata={"description": "push only"})
+    urgency = fields.String(allow_none=True, metadata={"enum": list(URGENCIES), "description": "push only"})
+    collapse_key = fields.String(allow_none=True, metadata={"description": "push only"})
+
+
+class DeliverySchema(Schema):
+    device_id = fields.UUID(allow_none=True, metadata={"description": "null for the webhook or the outbox"})
+    kind = fields.String(metadata={"enum": [*DEVICE_KINDS, *FALLBACK_KINDS]})
+    status = fields.String(
+        metadata={"enum": list(DELIVERY_STATUSES), "description": "pending: not tried yet, or to be retried"}
+    )
+    attempts = fields.Integer()
+    provider_message_id = fields.String(allow_none=True)
+    error = fields.String(allow_none=True)
+    delivered_at = _utc("delivered_at", nullable=True)
+
+
+class NotificationDetail(NotificationSchema):
+    deliveries = fields.List(
+        fields.Nested(DeliverySchema),
+        metadata={"description": "push: one per device of the recipient, or one to the webhook or outbox"},
+    )
 
 
 class NotificationList(Schema):

@@ -20,14 +20,15 @@ from storage.models import PENDING, Notification
 _CREATE_COLUMNS = (
     "id", "channel", "recipient_id", "content", "subject", "title", "data", "timezone", "scheduled_time",
     "appropriate_delivery", "due_at", "status", "attempt_count", "attempts_at_force", "forced",
-    "message_seq", "api_host", "created_at", "updated_at", "html", "template", "locale",
+    "message_seq", "api_host", "created_at", "updated_at", "html", "template", "locale", "ttl", "urgency",
+    "collapse_key",
 )  # fmt: skip
 
 # What a notification starts with, besides what the client sent and when and where it was accepted.
 _NEW_ROW = {
     "subject": None, "title": None, "data": None, "status": PENDING, "attempt_count": 0,
     "attempts_at_force": 0, "forced": False, "message_seq": 0, "html": None, "template": None,
-    "locale": None,
+    "locale": None, "ttl": None, "urgency": None, "collapse_key": None,
 }  # fmt: skip
 
 # The API's write of notifications on PostgreSQL, one statement for the rows of many requests.
@@ -109,11 +110,17 @@ def _copy_text(value: str | None) -> str:
     return value
 
 
+def _copy_plain(value: object) -> str:
+    """A value holding no character to escape: a number, or text of a known alphabet."""
+    return "\\N" if value is None else str(value)
+
+
 def _pg_copy(ids: list[str], rows: list[dict[str, Any]], *, host: str, now: dt.datetime) -> None:
     """The rows in one COPY: PostgreSQL parses far less than for an INSERT of as many rows.
 
     Each line is written for the columns' known types: the client's text escaped, the rest as it is
-    (a channel, an IANA zone name, numbers and naive UTC datetimes hold no character to escape).
+    (a channel, an IANA zone name, numbers, naive UTC datetimes, an urgency and a collapse key of the
+    base64url alphabet hold no character to escape).
     """
     accepted = f"\t{PENDING}\t0\t0\tf\t0\t{_copy_text(host)}\t{now}\t{now}\t"
     data = Notification.data.db_value
@@ -122,7 +129,8 @@ def _pg_copy(ids: list[str], rows: list[dict[str, Any]], *, host: str, now: dt.d
         f"{_copy_text(row.get('subject'))}\t{_copy_text(row.get('title'))}\t"
         f"{_copy_text(data(row.get('data')))}\t{row['timezone']}\t{row['scheduled_time']}\t"
         f"{'t' if row['appropriate_delivery'] else 'f'}\t{row['due_at']}{accepted}"
-        f"{_copy_text(row.get('html'))}\t{_copy_text(row.get('template'))}\t{_copy_text(row.get('locale'))}\n"
+        f"{_copy_text(row.get('html'))}\t{_copy_text(row.get('template'))}\t{_copy_text(row.get('locale'))}\t"
+        f"{_copy_plain(row.get('ttl'))}\t{_copy_plain(row.get('urgency'))}\t{_copy_plain(row.get('collapse_key'))}\n"
         for nid, row in zip(ids, rows, strict=True)
     ]
     with peewee.__exception_wrapper__:  # type: ignore[attr-defined]

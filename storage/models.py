@@ -1,5 +1,5 @@
 """The tables: notifications, their events, the schedulers' passes, worker processes, request guards,
-templates."""
+templates, recipients' devices and each notification's deliveries to them."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ PENDING, PROCESSING, DELIVERED, FAILED, CANCELLED = (
 )
 STATUSES = (PENDING, PROCESSING, DELIVERED, FAILED, CANCELLED)
 CHANNELS = ("push", "email")
+DEVICE_KINDS = ("webpush", "unifiedpush", "fcm", "apns")
+URGENCIES = ("very-low", "low", "normal", "high")
 
 
 class JSONField(peewee.TextField):
@@ -67,6 +69,10 @@ class Notification(BaseModel):
     created_at = peewee.DateTimeField()
     updated_at = peewee.DateTimeField()
     delivered_at = peewee.DateTimeField(null=True)
+    # Push only: how long a push service keeps it, how urgent it is, which older one it replaces.
+    ttl = peewee.IntegerField(null=True)
+    urgency = peewee.CharField(max_length=8, null=True)
+    collapse_key = peewee.CharField(max_length=32, null=True)
 
     class Meta:
         indexes = (
@@ -137,3 +143,56 @@ class Template(BaseModel):
     locales = JSONField()
     created_at = peewee.DateTimeField()
     updated_at = peewee.DateTimeField()
+
+
+class Device(BaseModel):
+    """A browser or phone a recipient registered; push notifications go to its active ones."""
+
+    id = peewee.UUIDField(primary_key=True, default=uuid.uuid4)
+    recipient_id = peewee.CharField(max_length=320, index=True)
+    kind = peewee.CharField(max_length=16)
+    # The endpoint URL (webpush, unifiedpush) or the token (fcm, apns).
+    address = peewee.TextField()
+    # sha256 of the address: unique with the kind. An FCM token may be 4,096 characters, more than a
+    # PostgreSQL index entry holds, so the index holds its digest.
+    address_digest = peewee.CharField(max_length=64)
+    p256dh = peewee.CharField(max_length=100, null=True)
+    auth = peewee.CharField(max_length=32, null=True)
+    environment = peewee.CharField(max_length=16, null=True)
+    label = peewee.CharField(max_length=100, null=True)
+    active = peewee.BooleanField(default=True)
+    created_at = peewee.DateTimeField()
+    # Its latest registration.
+    last_seen_at = peewee.DateTimeField()
+    last_success_at = peewee.DateTimeField(null=True)
+    disabled_at = peewee.DateTimeField(null=True)
+    disabled_reason = peewee.TextField(null=True)
+
+    class Meta:
+        indexes = ((("kind", "address_digest"), True),)
+
+
+PENDING_DELIVERY, DELIVERED_DELIVERY, FAILED_DELIVERY = "pending", "delivered", "failed"
+DELIVERY_STATUSES = (PENDING_DELIVERY, DELIVERED_DELIVERY, FAILED_DELIVERY)
+FALLBACK_KINDS = ("webhook", "outbox")
+
+
+class Delivery(BaseModel):
+    """One notification's delivery to one device, or to the webhook or outbox (``device_id`` null)."""
+
+    notification_id = peewee.UUIDField()
+    # The device's id, or the nil UUID for the webhook or outbox: part of the key, which no null can
+    # be, so that recording an outcome is one upsert whether the row was written before or not.
+    target_id = peewee.UUIDField()
+    device_id = peewee.UUIDField(null=True)
+    kind = peewee.CharField(max_length=16)
+    status = peewee.CharField(max_length=10, default=PENDING_DELIVERY)
+    attempts = peewee.IntegerField(default=0)
+    provider_message_id = peewee.TextField(null=True)
+    error = peewee.TextField(null=True)
+    delivered_at = peewee.DateTimeField(null=True)
+    updated_at = peewee.DateTimeField()
+
+    class Meta:
+        # The notification first: the one index finds a notification's deliveries as well.
+        primary_key = peewee.CompositeKey("notification_id", "target_id")

@@ -8,6 +8,8 @@ from collections.abc import Callable
 import peewee
 
 from storage.models import (
+    Delivery,
+    Device,
     IdempotentRequest,
     Notification,
     NotificationEvent,
@@ -105,6 +107,15 @@ def _add_column(database: peewee.Database, table: str, column: str, definition: 
         database.execute_sql(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
 
+def _add_devices(database: peewee.Database) -> None:
+    # Recipients' devices, each notification's deliveries to them, and a push notification's TTL,
+    # urgency and collapse key (present already in a database created at version 1 from these models).
+    database.create_tables([Device, Delivery], safe=True)
+    _add_column(database, "notification", "ttl", "INTEGER")
+    _add_column(database, "notification", "urgency", "VARCHAR(8)")
+    _add_column(database, "notification", "collapse_key", "VARCHAR(32)")
+
+
 def _rename_column(database: peewee.Database, table: str, old: str, new: str) -> None:
     if old in {column.name for column in database.get_columns(table)}:
         database.execute_sql(f"ALTER TABLE {table} RENAME COLUMN {old} TO {new}")
@@ -120,6 +131,7 @@ MIGRATIONS: list[Callable[[peewee.Database], None]] = [
     _name_the_message_numbers,
     _add_html_part,
     _add_templates,
+    _add_devices,
 ]
 
 

@@ -9,10 +9,10 @@ function: PostgreSQL does a message's rows in one statement, SQLite one row at a
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
-from storage import events
+from storage import deliveries, events
 from storage.clock import utcnow
 from storage.database import db, is_postgres
 from storage.models import CANCELLED, DELIVERED, FAILED, PENDING, PROCESSING, Notification
@@ -44,6 +44,9 @@ class Claimed(NamedTuple):
     last_error: str | None
     worker_host: str
     html: str | None = None
+    ttl: int | None = None
+    urgency: str | None = None
+    collapse_key: str | None = None
 
 
 # Claimed's columns, in its order; the id as text, as every caller wants it.
@@ -122,7 +125,8 @@ WITH wanted AS (
 SELECT {_CLAIMED_COLUMNS} FROM claimed n ORDER BY n.due_at, n.id
 """
 
-_PG_DELIVERED = """
+# Marks rows delivered; what follows it writes the "delivered" events, and the deliveries too.
+_PG_MARK_DELIVERED = """
 WITH wanted AS (
     SELECT * FROM unnest(%s::uuid[], %s::int[], %s::text[]) AS w(id, seq, detail)
 ), locked AS (
@@ -135,11 +139,21 @@ WITH wanted AS (
     FROM locked JOIN wanted ON locked.id = wanted.id AND locked.message_seq = wanted.seq
     WHERE n.id = locked.id AND locked.status = 'Processing'
     RETURNING n.id, n.delivered_at, wanted.detail
-)
+)"""
+_PG_LOG_DELIVERED = """
 INSERT INTO notification_event (notification_id, kind, at, host, detail)
 SELECT id, 'delivered', delivered_at, %s, detail FROM delivered
 RETURNING notification_id
 """
+_PG_DELIVERED = _PG_MARK_DELIVERED + _PG_LOG_DELIVERED
+# With the push notifications' deliveries, those of the rows it marked: by device or not.
+_PG_DELIVERED_RECORDING = {
+    by_device: _PG_MARK_DELIVERED
+    + ","
+    + deliveries.pg_recording("WHERE notification_id IN (SELECT id FROM delivered)", by_device=by_device)
+    + _PG_LOG_DELIVERED
+    for by_device in (False, True)
+}
 
 
 def _pg_arrays(seqs: Mapping[Any, int]) -> tuple[list[str], list[int]]:
@@ -215,11 +229,17 @@ def _finish(notification_id: Any, seq: int, **changes: Any) -> bool:
 
 
 def mark_delivered(
-    seqs: Mapping[Any, int], *, host: str, details: Mapping[str, str] | None = None
+    seqs: Mapping[Any, int],
+    *,
+    host: str,
+    details: Mapping[str, str] | None = None,
+    outcomes: Sequence[deliveries.Result] = (),
 ) -> set[str]:
     """Record rows claimed with these message numbers as delivered; return the ids whose claim still held.
 
     ``details`` gives some of them a detail for their "delivered" event (the relay that took it).
+    ``outcomes`` are their deliveries (push notifications'), written for the rows whose claim held,
+    in the same transaction: on PostgreSQL in the same statement.
     """
     if not seqs:
         return set()
@@ -228,8 +248,13 @@ def mark_delivered(
     if is_postgres():
         ids, numbers = _pg_arrays(seqs)
         texts = [details.get(nid) for nid in ids]
-        cursor = db.execute_sql(_PG_DELIVERED, (ids, numbers, texts, ids, now, now, host))
-        return {str(row[0]) for row in cursor.fetchall()}
+        if not outcomes:
+            cursor = db.execute_sql(_PG_DELIVERED, (ids, numbers, texts, ids, now, now, host))
+            return {str(row[0]) for row in cursor.fetchall()}
+        statement = _PG_DELIVERED_RECORDING[any(o.device_id is not None for o in outcomes)]
+        recording = deliveries.pg_recording_params(outcomes, now, host)
+        params = (ids, numbers, texts, ids, now, now, *recording, host)
+        return {str(row[0]) for row in db.execute_sql(statement, params).fetchall()}
     done = set()
     with db.atomic():
         for notification_id, seq in seqs.items():
@@ -237,6 +262,7 @@ def mark_delivered(
                 done.add(str(notification_id))
         for notification_id in done:
             events.record(notification_id, "delivered", host, detail=details.get(notification_id), at=now)
+        deliveries.record([o for o in outcomes if o.notification_id in done], host=host, at=now)
     return done
 
 

@@ -14,10 +14,44 @@ import tempfile
 for _name in ("BROKER_URL", "CLOUDAMQP_URL", "SMTP_URL", "PUSH_WEBHOOK_URL", "API_KEYS"):
     os.environ.pop(_name, None)
 os.environ.setdefault("OUTBOX_DIR", tempfile.mkdtemp(prefix="outbox-"))
+
+
+def _push_settings() -> dict[str, str]:
+    """Devices of every kind may be registered in this process, and sent to the local push services.
+
+    The local services listen on 127.0.0.1; the VAPID key is the run's own. FCM's and APNs' settings
+    name credentials of no service: the tests that send to those kinds start service processes with
+    the local services' credentials.
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    directory = tempfile.mkdtemp(prefix="push-settings-")
+    service_account = os.path.join(directory, "service-account.json")
+    with open(service_account, "w") as file:
+        file.write('{"type": "service_account", "project_id": "in-process-tests"}')
+    apns_key = os.path.join(directory, "AuthKey_TESTKEY123.p8")
+    with open(apns_key, "wb") as file:
+        file.write(
+            ec.generate_private_key(ec.SECP256R1()).private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+    return {
+        "PUSH_ENDPOINT_ALLOWLIST": "127.0.0.1",
+        "VAPID_PRIVATE_KEY_FILE": os.path.join(directory, "vapid_private.pem"),
+        "FCM_CREDENTIALS_FILE": service_account,
+        "APNS_KEY_FILE": apns_key,
+        "APNS_KEY_ID": "TESTKEY123",
+        "APNS_TEAM_ID": "TESTTEAM12",
+        "APNS_TOPIC": "org.example.tests",
+    }
+
+
 # The actors read their retry backoff at import: 10 ms for the workers in this process, so that the
-# in-process delivery tests retry in milliseconds. Taken out again once read, so that the service
-# processes tests start keep the default or set their own.
-_THIS_PROCESS_ONLY = {} if "RETRY_DELAY" in os.environ else {"RETRY_DELAY": "0.01"}
+# in-process delivery tests retry in milliseconds; and the push settings above. Taken out again once
+# read, so that the service processes tests start keep the defaults or set their own.
+_THIS_PROCESS_ONLY = ({} if "RETRY_DELAY" in os.environ else {"RETRY_DELAY": "0.01"}) | _push_settings()
 os.environ.update(_THIS_PROCESS_ONLY)
 
 import peewee  # noqa: E402
@@ -69,7 +103,7 @@ def database_url(request, tmp_path):
     url = request.getfixturevalue("postgres_url")
     storage.configure(url)
     with storage.db.connection_context():
-        storage.db.execute_sql("TRUNCATE notification, notification_event, worker_process")
+        storage.db.execute_sql("TRUNCATE notification, notification_event, worker_process, device, delivery")
     return url
 
 

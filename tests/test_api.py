@@ -352,6 +352,11 @@ _PUSH_BODIES = st.fixed_dictionaries(
         "scheduled_time": _field(st.datetimes(dt.datetime(1970, 1, 2), NEAR_FUTURE).map(str), _TIMES),
         "title": _field(_NAMES, _ODD_TEXT),
         "data": _field(st.dictionaries(st.text(max_size=3), _ANY_JSON, max_size=3), [{"big": "x" * 5000}]),
+        "ttl": _field(st.integers(0, schemas.MAX_TTL), [-1, schemas.MAX_TTL + 1, 60.0, "60"]),
+        "urgency": _field(st.sampled_from(models.URGENCIES), ["urgent", "HIGH"]),
+        "collapse_key": _field(
+            st.text("abcXYZ019-_", min_size=1, max_size=32), ["", "k" * 33, "a b", "ü", "a=", "a\n"]
+        ),
     },
 )
 
@@ -384,6 +389,7 @@ def test_a_batch_push_item_loads_as_the_schema_loads_it(body):
         {**PUSH, "title": "t", "data": {"order": [1, {"a": None}]}, "timezone": "Asia/Tokyo"},
         {**PUSH, "scheduled_time": "2030-01-01T23:00:00", "title": None, "data": None},
         {**PUSH, "recipient_id": "ünïcode", "content": "ç" * 10_000, "scheduled_time": None},
+        {**PUSH, "ttl": 0, "urgency": "high", "collapse_key": "order-42"},
     ],
 )
 def test_usual_push_items_take_the_quick_path(app, body):
@@ -404,6 +410,9 @@ def test_usual_push_items_take_the_quick_path(app, body):
         {"data": {"a": {"b": {"c": {"d": {"e": {"f": 1}}}}}}},
         {"data": [1]},
         {"colour": "red"},
+        {"ttl": 2419201},
+        {"urgency": "urgent"},
+        {"collapse_key": "has space"},
     ],
 )
 def test_a_bad_push_item_in_a_batch_gets_the_single_requests_errors(app, client, bad):

@@ -90,7 +90,11 @@ def test_the_cycle_finder_finds_a_cycle():
 
 # Loaded on first use for a measured reason, not to hide a cycle: each device sender's libraries
 # cost about 20 MB in every process that imports the providers but never sends to that kind.
-LAZY = {"actors.providers": {"actors.providers.webpush", "actors.providers.fcm", "actors.providers.apns"}}
+LAZY = {
+    "actors.providers": {"actors.providers.webpush", "actors.providers.fcm", "actors.providers.apns"},
+    # The web process needs the Web Push sender's module only to answer GET /push/webpush-key.
+    "api.devices": {"actors.providers.webpush"},
+}
 
 
 def test_no_project_import_hides_inside_a_function():

@@ -28,8 +28,9 @@ from actors.providers.base import (
     PermanentDeliveryError,
     PushMessage,
     TransientDeliveryError,
+    reserved_data_keys,
 )
-from actors.providers.fcm import FcmSender, reserved_data_keys
+from actors.providers.fcm import FcmSender
 from actors.providers.webhook import push_payload
 from actors.providers.webpush import (
     MAX_PAYLOAD_BYTES,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -74,6 +75,17 @@ class PushMessage:
     ttl: int = 86400  # seconds the push service keeps it for an unreachable device
     urgency: str = "normal"  # very-low, low, normal, high (RFC 8030)
     collapse_key: str | None = None  # a newer one with the same key replaces an undelivered older one
+
+
+# FCM reserves these data keys for itself (notification_id is ours, added to every message). Here, not
+# in fcm.py, so that the API can refuse them without loading FCM's libraries.
+_RESERVED_KEYS = frozenset({"notification_id", "from", "message_type"})
+_RESERVED_PREFIXES = ("google", "gcm")
+
+
+def reserved_data_keys(data: Mapping[str, Any]) -> list[str]:
+    """The keys of a push's ``data`` that FCM would refuse or that would hide ours, in their order."""
+    return [key for key in data if key in _RESERVED_KEYS or key.lower().startswith(_RESERVED_PREFIXES)]
 
 
 @dataclass(frozen=True)

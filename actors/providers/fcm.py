@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -28,16 +27,8 @@ from actors.providers.webhook import parse_retry_after
 logger = logging.getLogger(__name__)
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
-# FCM reserves these data keys for itself; notification_id is ours, added to every message.
-_RESERVED_KEYS = frozenset({"notification_id", "from", "message_type"})
-_RESERVED_PREFIXES = ("google", "gcm")
 # errorCode values that say the registration token is dead, whatever the HTTP status.
 _GONE_CODES = frozenset({"UNREGISTERED", "SENDER_ID_MISMATCH"})
-
-
-def reserved_data_keys(data: Mapping[str, Any]) -> list[str]:
-    """The keys of a push's ``data`` that FCM would refuse or that would hide ours, in their order."""
-    return [key for key in data if key in _RESERVED_KEYS or key.lower().startswith(_RESERVED_PREFIXES)]
 
 
 def message_body(device: Device, message: PushMessage) -> dict[str, Any]:

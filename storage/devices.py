@@ -1,0 +1,137 @@
+"""Recipients' devices: registered (or registered again), listed, deleted, and disabled when gone."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import peewee
+
+from storage.clock import utcnow
+from storage.database import is_postgres
+from storage.models import Device
+
+
+class DeviceNotFound(LookupError):
+    """The recipient has no device with that id."""
+
+
+def digest(address: str) -> str:
+    """What the unique index holds of an address (see ``Device.address_digest``)."""
+    return hashlib.sha256(address.encode("utf-8")).hexdigest()
+
+
+def register(
+    recipient_id: str,
+    *,
+    kind: str,
+    address: str,
+    p256dh: str | None = None,
+    auth: str | None = None,
+    environment: str | None = None,
+    label: str | None = None,
+) -> tuple[Device, bool]:
+    """Register a device; True when it is new.
+
+    A ``kind`` and ``address`` registered already is the same device: one upsert makes it active
+    again, notes when it was seen, takes the new keys and moves it to ``recipient_id``; a label not
+    given keeps the one it had.
+    """
+    now = utcnow()
+    new_id = uuid.uuid4()
+    rows = list(
+        Device.insert(
+            id=new_id,
+            recipient_id=recipient_id,
+            kind=kind,
+            address=address,
+            address_digest=digest(address),
+            p256dh=p256dh,
+            auth=auth,
+            environment=environment,
+            label=label,
+            active=True,
+            created_at=now,
+            last_seen_at=now,
+        )
+        .on_conflict(
+            conflict_target=[Device.kind, Device.address_digest],
+            update={
+                Device.recipient_id: peewee.EXCLUDED.recipient_id,
+                Device.p256dh: peewee.EXCLUDED.p256dh,
+                Device.auth: peewee.EXCLUDED.auth,
+                Device.environment: peewee.EXCLUDED.environment,
+                Device.label: peewee.fn.COALESCE(peewee.EXCLUDED.label, Device.label),
+                Device.active: True,
+                Device.last_seen_at: peewee.EXCLUDED.last_seen_at,
+                Device.disabled_at: None,
+                Device.disabled_reason: None,
+            },
+        )
+        .returning(Device)
+        .execute()
+    )
+    device = rows[0]
+    return device, device.id == new_id
+
+
+def of_recipient(recipient_id: str) -> list[Device]:
+    """A recipient's devices, active and disabled, oldest first."""
+    return list(
+        Device.select().where(Device.recipient_id == recipient_id).order_by(Device.created_at, Device.id)
+    )
+
+
+def delete(recipient_id: str, device_id: Any) -> None:
+    """Forget a recipient's device; ``DeviceNotFound`` when it is not theirs (or not at all)."""
+    theirs = (Device.id == device_id) & (Device.recipient_id == recipient_id)
+    if not Device.delete().where(theirs).execute():
+        raise DeviceNotFound(str(device_id))
+
+
+def disable(device_id: Any, reason: str, *, seen: dt.datetime | None = None) -> bool:
+    """Stop sending to an active device; False when it was not active.
+
+    With ``seen`` (the ``last_seen_at`` the caller read), a device registered again since then stays
+    active: the push service spoke of the registration before.
+    """
+    condition = (Device.id == device_id) & Device.active
+    if seen is not None:
+        condition &= Device.last_seen_at == seen
+    return bool(
+        Device.update(active=False, disabled_at=utcnow(), disabled_reason=reason).where(condition).execute()
+    )
+
+
+def active_of(recipient_ids: Iterable[str]) -> dict[str, list[Device]]:
+    """The active devices of each of these recipients (those with none are left out)."""
+    found: dict[str, list[Device]] = {}
+    wanted = list(set(recipient_ids))
+    if not wanted:
+        return found
+    # One array parameter on PostgreSQL: peewee builds a parameter per value of an IN list.
+    theirs = (
+        peewee.SQL("recipient_id = ANY(%s)", (wanted,)) if is_postgres() else Device.recipient_id.in_(wanted)
+    )
+    query = Device.select().where(theirs & Device.active).order_by(Device.created_at, Device.id)
+    for device in query:
+        found.setdefault(device.recipient_id, []).append(device)
+    return found
+
+
+def by_id(device_ids: Iterable[Any]) -> dict[str, Device]:
+    """The devices with these ids that still exist, by id as text."""
+    wanted = [str(d) for d in set(device_ids)]
+    if not wanted:
+        return {}
+    return {str(d.id): d for d in Device.select().where(Device.id.in_(wanted))}
+
+
+def succeeded(device_ids: Iterable[Any], at: dt.datetime) -> None:
+    """Note that these devices accepted a notification at ``at``."""
+    wanted = [str(d) for d in set(device_ids)]
+    if wanted:
+        Device.update(last_success_at=at).where(Device.id.in_(wanted)).execute()
