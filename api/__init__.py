@@ -32,6 +32,7 @@ from api import (
     prometheus,
     proxies,
     ratelimit,
+    recipients,
     schemas,
     templates,
 )
@@ -81,6 +82,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     api.register_blueprint(notifications.blp)
     api.register_blueprint(templates.blp)
+    api.register_blueprint(recipients.blp)
     api.register_blueprint(health.blp)
     api.register_blueprint(metrics.blp)
     app.register_blueprint(dashboard.blp)

@@ -1,4 +1,4 @@
-"""What clients and operators do to notifications, one function each: accept, accept a batch, force, cancel.
+"""What clients and operators do, one function each: accept (one, a batch), force, cancel; change a recipient.
 
 The API's views and the dashboard's actions both call these, and translate what they raise
 (``NotificationNotFound``, ``TransitionConflict``) for their own kind of answer. The dashboard's
@@ -22,9 +22,9 @@ from actors import scheduler
 from api import prometheus, rendering, schemas
 from api.delivery_time import plan_delivery
 from api.idempotency import RequestKey
-from storage import ingest, queries, templates, transitions
+from storage import ingest, queries, recipients, templates, transitions
 from storage.clock import to_db
-from storage.models import Notification
+from storage.models import Notification, Recipient
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +85,16 @@ def cancel(notification_id: Any) -> Outcome:
         notification,
         scheduler.message_id_for(notification_id, notification.message_seq) if published else None,
     )
+
+
+def replace_recipient(recipient_id: str, profile: dict[str, Any]) -> tuple[Recipient, bool]:
+    """Create or replace a recipient's profile; return it and whether it is new."""
+    return recipients.replace(recipient_id, profile)
+
+
+def update_recipient(recipient_id: str, changes: dict[str, Any]) -> Recipient:
+    """Replace the profile's fields ``changes`` names; RecipientNotFound when there is no profile."""
+    return recipients.update(recipient_id, changes)
 
 
 def _row(channel: str, fields: dict[str, Any], now: dt.datetime, item: int | None = None) -> dict[str, Any]:

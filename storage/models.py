@@ -1,5 +1,5 @@
-"""The tables: notifications, their events, the schedulers' passes, worker processes, request guards,
-templates."""
+"""The tables: notifications, their events, recipients, the schedulers' passes, worker processes,
+request guards, templates."""
 
 from __future__ import annotations
 
@@ -74,6 +74,21 @@ class Notification(BaseModel):
             (("recipient_id", "created_at"), False),
             (("updated_at",), False),
         )
+
+
+class Recipient(BaseModel):
+    """A recipient's profile; its id is the ``recipient_id`` notifications carry."""
+
+    id = peewee.CharField(max_length=320, primary_key=True)
+    email = peewee.CharField(max_length=254, null=True)
+    timezone = peewee.CharField(max_length=64, null=True)
+    locale = peewee.CharField(max_length=64, null=True)
+    # {"start": "HH:MM", "end": "HH:MM", "days": ["mon", ...]}: replaces the appropriate hours.
+    delivery_window = JSONField(null=True)
+    # {"channels": {channel: bool}, "categories": {category: {channel: bool}}}
+    preferences = JSONField(null=True)
+    created_at = peewee.DateTimeField(index=True)
+    updated_at = peewee.DateTimeField()
 
 
 class NotificationEvent(BaseModel):

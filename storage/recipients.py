@@ -1,0 +1,70 @@
+"""Recipients' profiles: store, change, read and list them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import peewee
+
+from storage.clock import utcnow
+from storage.database import db
+from storage.models import Recipient
+
+# The profile's fields a client sets; the rest (id, created_at, updated_at) the storage keeps.
+PROFILE_FIELDS = ("email", "timezone", "locale", "delivery_window", "preferences")
+
+
+class RecipientNotFound(LookupError):
+    """No recipient has that id."""
+
+
+def get(recipient_id: str) -> Recipient:
+    try:
+        return Recipient.get_by_id(recipient_id)
+    except peewee.DoesNotExist:
+        raise RecipientNotFound(recipient_id) from None
+
+
+def find(recipient_id: str) -> Recipient | None:
+    """The recipient's profile, or None when there is none."""
+    return Recipient.get_or_none(Recipient.id == recipient_id)
+
+
+def profiles(recipient_ids: Iterable[str]) -> dict[str, Recipient]:
+    """The profiles of those of ``recipient_ids`` that have one, by id, in one query."""
+    wanted = set(recipient_ids)
+    if not wanted:
+        return {}
+    return {r.id: r for r in Recipient.select().where(Recipient.id.in_(list(wanted)))}
+
+
+def replace(recipient_id: str, profile: dict[str, Any]) -> tuple[Recipient, bool]:
+    """Create or replace a profile whole (fields not given are cleared); return it and whether it is new."""
+    values = {name: profile.get(name) for name in PROFILE_FIELDS}
+    now = utcnow()
+    replaced = Recipient.update(**values, updated_at=now).where(Recipient.id == recipient_id)
+    if replaced.execute():
+        return get(recipient_id), False
+    try:
+        with db.atomic():
+            Recipient.insert(id=recipient_id, **values, created_at=now, updated_at=now).execute()
+    except peewee.IntegrityError:
+        # A concurrent PUT created it meanwhile: this one replaces it.
+        replaced.execute()
+        return get(recipient_id), False
+    return get(recipient_id), True
+
+
+def update(recipient_id: str, changes: dict[str, Any]) -> Recipient:
+    """Replace the fields ``changes`` names, each whole; RecipientNotFound when there is no profile."""
+    values = {name: changes[name] for name in PROFILE_FIELDS if name in changes}
+    changed = Recipient.update(**values, updated_at=utcnow()).where(Recipient.id == recipient_id).execute()
+    if not changed:
+        raise RecipientNotFound(recipient_id)
+    return get(recipient_id)
+
+
+def listing() -> peewee.ModelSelect[Recipient]:
+    """All profiles, newest first."""
+    return Recipient.select().order_by(Recipient.created_at.desc(), Recipient.id)
