@@ -16,8 +16,9 @@ import logs
 import settings
 import storage
 from actors.providers import DeliveryError, Envelope, TransientDeliveryError, provider_for
-from storage import db, events, transitions
+from storage import db, events, recipients, transitions
 from storage.clock import utcnow
+from storage.models import Recipient
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,8 @@ def deliver_email(seqs: dict[str, int]) -> None:
 ACTORS: dict[str, dramatiq.Actor] = {"push": deliver_push, "email": deliver_email}
 
 
-def envelope_of(notification: transitions.Claimed) -> Envelope:
+def envelope_of(notification: transitions.Claimed, profile: Recipient | None = None) -> Envelope:
+    """What the provider sends; an email goes to the address of the recipient's profile, if it has one."""
     return Envelope(
         notification_id=notification.id,
         channel=notification.channel,
@@ -53,6 +55,7 @@ def envelope_of(notification: transitions.Claimed) -> Envelope:
         title=notification.title,
         data=notification.data,
         html=notification.html,
+        address=profile.email if profile is not None else None,
     )
 
 
@@ -106,6 +109,7 @@ class _Batch:
         self.recorded_at = self.started
         self.retry: list[Exception] = []
         self.outcomes: list[Outcome] = []
+        self.profiles: dict[str, Recipient] = {}
         current_outcome.value = self.outcomes
 
     def run(self) -> None:
@@ -115,6 +119,8 @@ class _Batch:
         if len(claimed) < len(self.seqs):
             _skip_stale(self.seqs, {n.id for n in claimed})
         self.untried.extend(claimed)
+        # Read now, not at acceptance: a profile changed since then still holds.
+        self.profiles = recipients.profiles(n.recipient_id for n in claimed)
         while self.untried:
             if self.clock() - self.started > settings.PROCESSING_LEASE / 2:
                 # A slow provider used up half the claim: give the rest back before it runs out.
@@ -192,7 +198,7 @@ def _deliver_one(batch: _Batch, notification: transitions.Claimed) -> None:
         return
     provider = provider_for(notification.channel)
     try:
-        via = provider.deliver(envelope_of(notification))
+        via = provider.deliver(envelope_of(notification, batch.profiles.get(notification.recipient_id)))
     except Exception as exc:
         if _record_failure(batch, notification, attempt, exc):
             batch.retry.append(exc)

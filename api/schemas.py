@@ -9,7 +9,6 @@ from typing import Any, TypeGuard
 from zoneinfo import ZoneInfo, available_timezones
 
 from apispec.ext.marshmallow.field_converter import FieldConverterMixin
-from flask import current_app
 from marshmallow import Schema, ValidationError, fields, post_load, validate, validates, validates_schema
 from marshmallow.types import StrSequenceOrSet, UnknownOption
 
@@ -87,7 +86,10 @@ class NotificationRequest(Schema):
             "description": "the template's locale to render, falling back from `pl-PL` to `pl` to its default"
         },
     )
-    timezone = TimezoneField(load_default=lambda: ZoneInfo(current_app.config["DEFAULT_TIMEZONE"]))
+    timezone = TimezoneField(
+        load_default=None,
+        metadata={"description": "IANA zone; when omitted the recipient's, else the service's default"},
+    )
     scheduled_time = fields.DateTime(
         load_default=None,
         metadata={"description": "ISO 8601; without an offset, a wall-clock time in `timezone`"},
@@ -158,10 +160,10 @@ class PushRequest(NotificationRequest):
 
 
 class EmailRequest(NotificationRequest):
-    recipient_id = fields.Email(
+    recipient_id = Text(
         required=True,
-        validate=validate.Length(min=3, max=254),
-        metadata={"description": "The recipient's email address"},
+        validate=[validate.Length(min=1, max=320), printable],
+        metadata={"description": "An email address, or the id of a recipient whose profile has an email"},
     )
     subject = Text(validate=validate.Length(max=255), load_default=None)
     html = Text(
@@ -219,8 +221,8 @@ def plain_push(body: dict[str, Any]) -> dict[str, Any] | None:
         return None
     if not _plain_text(content, 1, MAX_CONTENT):
         return None
-    zone = body["timezone"] if "timezone" in body else current_app.config["DEFAULT_TIMEZONE"]
-    if type(zone) is not str or zone not in _zones():
+    zone = body.get("timezone")
+    if zone is not None and (type(zone) is not str or zone not in _zones()):
         return None
     scheduled_time = body.get("scheduled_time")
     if scheduled_time is not None:
@@ -246,7 +248,7 @@ def plain_push(body: dict[str, Any]) -> dict[str, Any] | None:
     return {
         "recipient_id": recipient,
         "content": content,
-        "timezone": ZoneInfo(zone),
+        "timezone": None if zone is None else ZoneInfo(zone),
         "scheduled_time": scheduled_time,
         "title": title,
         "data": data,

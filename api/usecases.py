@@ -13,9 +13,10 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from flask import current_app
-from marshmallow import ValidationError
+from marshmallow import ValidationError, validate
 
 import logs
 from actors import scheduler
@@ -41,15 +42,29 @@ class Outcome:
     message_id: str | None
 
 
+class Rejected(ValueError):
+    """A request valid in itself that the recipients' profiles make unusable; ``errors`` as a schema's."""
+
+    def __init__(self, errors: dict[str, Any]) -> None:
+        super().__init__(str(errors))
+        self.errors = errors
+
+
 def accept(channel: str, fields: dict[str, Any], key: RequestKey | None = None) -> str:
-    """Store a validated push or email request as a Pending notification; return its id."""
+    """Store a validated push or email request as a Pending notification; return its id.
+
+    Rejected when it is an email to a recipient id whose profile has no address.
+    """
     ids = None
     if key is not None:
         ids, stored = _ids_for(key, 1)
         if stored:
             return ids[0]
     now = dt.datetime.now(dt.UTC)
-    row = _row(channel, fields, now)
+    try:
+        row = _row(channel, fields, now, recipients.find(fields["recipient_id"]))
+    except _NoAddress as exc:
+        raise Rejected({"recipient_id": [str(exc)]}) from None
     (notification_id,) = _store([row], ids, batch=False)
     with logs.context(notification_id, channel):
         logger.info("Accepted, due %s", row["due_at"].isoformat())
@@ -64,7 +79,15 @@ def accept_batch(items: list[dict[str, Any]], key: RequestKey | None = None) -> 
         if stored:
             return ids
     now = dt.datetime.now(dt.UTC)
-    rows = [_row(item.pop("channel"), item, now, item=index) for index, item in enumerate(items)]
+    profiles = recipients.profiles(item["recipient_id"] for item in items)
+    rows, errors = [], {}
+    for index, item in enumerate(items):
+        try:
+            rows.append(_row(item.pop("channel"), item, now, profiles.get(item["recipient_id"]), item=index))
+        except _NoAddress as exc:
+            errors[index] = {"recipient_id": [str(exc)]}
+    if errors:
+        raise Rejected({"notifications": errors})
     ids = _store(rows, ids, batch=True)
     logger.info("Accepted a batch of %d", len(ids))
     return ids
@@ -97,16 +120,42 @@ def update_recipient(recipient_id: str, changes: dict[str, Any]) -> Recipient:
     return recipients.update(recipient_id, changes)
 
 
-def _row(channel: str, fields: dict[str, Any], now: dt.datetime, item: int | None = None) -> dict[str, Any]:
-    """The stored form of a validated request: its texts rendered, its time resolved into a due time."""
+class _NoAddress(ValueError):
+    """An email's recipient id is no address, and no profile gives one."""
+
+
+_ADDRESS = validate.Email()
+
+
+def is_address(recipient_id: str) -> bool:
+    try:
+        _ADDRESS(recipient_id)
+    except ValidationError:
+        return False
+    return True
+
+
+def _row(
+    channel: str, fields: dict[str, Any], now: dt.datetime, profile: Recipient | None, item: int | None = None
+) -> dict[str, Any]:
+    """The stored form of a validated request: its texts rendered, its zone chosen, its time resolved
+    into a due time.
+
+    The zone is the request's, else the recipient's, else the default. An email's recipient is an
+    address, or a recipient with one (its address is read again when it is sent).
+    """
     fields = dict(fields)
+    if channel == "email" and not is_address(fields["recipient_id"]) and not (profile and profile.email):
+        raise _NoAddress("Must be an email address, or the id of a recipient whose profile has an email.")
     if "template" in fields:
         try:
-            fields = _rendered(channel, fields)
+            fields = _rendered(channel, fields, profile)
         except rendering.RenderError as exc:
             exc.item = item
             raise
-    zone = fields.pop("timezone")
+    zone = fields.pop("timezone") or ZoneInfo(
+        profile.timezone if profile and profile.timezone else current_app.config["DEFAULT_TIMEZONE"]
+    )
     plan = plan_delivery(
         fields.pop("scheduled_time"),
         zone,
@@ -124,7 +173,7 @@ def _row(channel: str, fields: dict[str, Any], now: dt.datetime, item: int | Non
     }
 
 
-def _rendered(channel: str, fields: dict[str, Any]) -> dict[str, Any]:
+def _rendered(channel: str, fields: dict[str, Any], profile: Recipient | None) -> dict[str, Any]:
     """A request naming a template, with the texts rendered from it; RenderError names what failed."""
     name, variables = fields.pop("template"), fields.pop("variables", None)
     try:
@@ -133,7 +182,7 @@ def _rendered(channel: str, fields: dict[str, Any]) -> dict[str, Any]:
         raise rendering.RenderError("template", f"No template named {name!r}.") from None
     if template.channel != channel:
         raise rendering.RenderError("template", f"Is a {template.channel} template, not {channel}.")
-    wanted = _wanted_locale(fields.pop("locale", None), fields["recipient_id"])
+    wanted = _wanted_locale(fields.pop("locale", None), profile)
     rendered = rendering.render(template.locales, template.default_locale, wanted, variables)
     try:
         texts = schemas.rendered_fields(channel, rendered.texts)
@@ -145,11 +194,10 @@ def _rendered(channel: str, fields: dict[str, Any]) -> dict[str, Any]:
     return {**fields, **texts, "template": name, "locale": rendered.locale}
 
 
-def _wanted_locale(requested: str | None, recipient_id: str) -> str | None:
-    """The locale a notification asks for: the request's, else the recipient's (issue 13), else none."""
-    # The one place a recipient profile's locale is to be consulted, once recipients have profiles;
-    # the template's own fallback (pl-PL, pl, its default) is rendering.choose_locale's.
-    return requested
+def _wanted_locale(requested: str | None, profile: Recipient | None) -> str | None:
+    """The locale a notification asks for: the request's, else the recipient's, else none."""
+    # The template's own fallback (pl-PL, pl, its default) is rendering.choose_locale's.
+    return requested or (profile.locale if profile is not None else None)
 
 
 def _ids_for(key: RequestKey, count: int) -> tuple[list[str], bool]:

@@ -6,10 +6,6 @@ import uuid
 
 import pytest
 
-import storage
-from api import create_app
-
-KEY = "recipients-key-0123456789"
 PROFILE = {
     "email": "ada@example.com",
     "timezone": "Europe/Warsaw",
@@ -22,22 +18,15 @@ PROFILE = {
 }
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def client(request, tmp_path):
-    """A client presenting an API key, to an app with keys set, on SQLite and on PostgreSQL."""
-    sqlite = f"sqlite:///{tmp_path}/api.db"
-    url = sqlite if request.param == "sqlite" else request.getfixturevalue("postgres_url")
-    app = create_app({"TESTING": True, "DATABASE_URL": url, "RUN_WORKERS": False, "API_KEYS": (KEY,)})
-    client = app.test_client()
-    client.environ_base["HTTP_X_API_KEY"] = KEY
-    yield client
-    storage.db.close()
+@pytest.fixture
+def client(keyed_client):
+    """Every test here with the API keys set."""
+    return keyed_client
 
 
 @pytest.fixture
-def rid():
-    """A recipient id of this test's own: the PostgreSQL database is shared by the tests of a run."""
-    return f"user-{uuid.uuid4().hex[:12]}"
+def rid(recipient_id):
+    return recipient_id
 
 
 def test_put_creates_then_replaces(client, rid):

@@ -35,10 +35,11 @@ def message_id_for(notification_id: str, sender: str) -> str:
 
 def recipient_address(envelope: Envelope) -> str:
     """The one address an envelope goes to; PermanentDeliveryError if it is not exactly one."""
-    recipient = envelope.recipient_id.strip()
+    recipient = (envelope.address or envelope.recipient_id).strip()
     addresses = getaddresses([recipient]) if not _CONTROL_CHARS.search(recipient) else []
-    if len(addresses) != 1 or not addresses[0][1]:
-        raise PermanentDeliveryError(f"invalid email recipient {envelope.recipient_id!r}")
+    # A recipient id without "@" is no address: its profile lost the email it had at acceptance.
+    if len(addresses) != 1 or "@" not in addresses[0][1]:
+        raise PermanentDeliveryError(f"invalid email recipient {envelope.address or envelope.recipient_id!r}")
     return addresses[0][1]
 
 
@@ -50,7 +51,7 @@ def build_message(envelope: Envelope, sender: str) -> EmailMessage:
     recipient_address(envelope)
     message = EmailMessage()
     message["From"] = _one_line(sender)
-    message["To"] = envelope.recipient_id.strip()
+    message["To"] = (envelope.address or envelope.recipient_id).strip()
     message["Subject"] = _one_line(envelope.subject or "") or "Notification"
     message["Date"] = formatdate(usegmt=True)
     message["Message-ID"] = message_id_for(envelope.notification_id, sender)
