@@ -21,10 +21,10 @@ from marshmallow import ValidationError, validate
 import logs
 from actors import scheduler
 from api import prometheus, rendering, schemas
-from api.delivery_time import plan_delivery
+from api.delivery_time import Plan, Window, plan_delivery
 from api.idempotency import RequestKey
 from storage import ingest, queries, recipients, templates, transitions
-from storage.clock import to_db
+from storage.clock import from_db, to_db
 from storage.models import Notification, Recipient
 
 logger = logging.getLogger(__name__)
@@ -111,13 +111,51 @@ def cancel(notification_id: Any) -> Outcome:
 
 
 def replace_recipient(recipient_id: str, profile: dict[str, Any]) -> tuple[Recipient, bool]:
-    """Create or replace a recipient's profile; return it and whether it is new."""
-    return recipients.replace(recipient_id, profile)
+    """Create or replace a recipient's profile; return it and whether it is new.
+
+    Its notifications not yet handed to a worker move to its new delivery window.
+    """
+    recipient, created = recipients.replace(recipient_id, profile)
+    if not created:
+        _replan(recipient)
+    return recipient, created
 
 
 def update_recipient(recipient_id: str, changes: dict[str, Any]) -> Recipient:
     """Replace the profile's fields ``changes`` names; RecipientNotFound when there is no profile."""
-    return recipients.update(recipient_id, changes)
+    recipient = recipients.update(recipient_id, changes)
+    if "delivery_window" in changes:
+        _replan(recipient)
+    return recipient
+
+
+def _replan(recipient: Recipient) -> None:
+    """Move the recipient's Pending, unforced notifications to the due times its window gives now."""
+    now = dt.datetime.now(dt.UTC)
+    plans = {}
+    for notification in queries.awaiting_delivery(recipient.id):
+        plan = _plan(from_db(notification.scheduled_time), ZoneInfo(notification.timezone), now, recipient)
+        if to_db(plan.due_at) != notification.due_at:
+            plans[notification.id] = transitions.Replan(
+                notification.message_seq, to_db(plan.due_at), plan.appropriate_delivery
+            )
+    if plans:
+        moved = transitions.reschedule(plans, host=current_app.config["HOSTNAME"])
+        scheduler.wake(plans[nid].due_at for nid in plans if str(nid) in moved)
+        logger.info("Moved %d notifications of a recipient to its delivery window", len(moved))
+
+
+def _plan(requested: dt.datetime | None, zone: ZoneInfo, now: dt.datetime, profile: Recipient | None) -> Plan:
+    config = current_app.config
+    window = profile.delivery_window if profile is not None else None
+    return plan_delivery(
+        requested,
+        zone,
+        now=now,
+        start=config["APPROPRIATE_HOURS_START"],
+        end=config["APPROPRIATE_HOURS_END"],
+        window=None if window is None else Window.of(window),
+    )
 
 
 class _NoAddress(ValueError):
@@ -156,13 +194,7 @@ def _row(
     zone = fields.pop("timezone") or ZoneInfo(
         profile.timezone if profile and profile.timezone else current_app.config["DEFAULT_TIMEZONE"]
     )
-    plan = plan_delivery(
-        fields.pop("scheduled_time"),
-        zone,
-        now=now,
-        start=current_app.config["APPROPRIATE_HOURS_START"],
-        end=current_app.config["APPROPRIATE_HOURS_END"],
-    )
+    plan = _plan(fields.pop("scheduled_time"), zone, now, profile)
     return {
         **fields,
         "channel": channel,

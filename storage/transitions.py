@@ -271,3 +271,42 @@ def _release(
         if done:
             events.record(notification_id, kind, host, detail=detail, at=now)
     return done
+
+
+class Replan(NamedTuple):
+    """A Pending notification's new due time, for the message number it was read with."""
+
+    seq: int
+    due_at: dt.datetime
+    appropriate_delivery: bool
+
+
+def reschedule(plans: Mapping[Any, Replan], *, host: str) -> set[str]:
+    """Move Pending, unforced rows to new due times; return the ids moved.
+
+    Each row gets a new message number with no message behind it, so that one already queued for
+    it does nothing and the scheduler publishes it again when it falls due.
+    """
+    now = utcnow()
+    moved = set()
+    with db.atomic():
+        for notification_id, plan in plans.items():
+            if (
+                Notification.update(
+                    due_at=plan.due_at,
+                    appropriate_delivery=plan.appropriate_delivery,
+                    message_seq=Notification.message_seq + 1,
+                    lease_until=None,
+                    updated_at=now,
+                )
+                .where(
+                    (Notification.id == notification_id)
+                    & (Notification.status == PENDING)
+                    & (Notification.message_seq == plan.seq)
+                    & (Notification.forced == False)  # noqa: E712  (peewee builds SQL from ==)
+                )
+                .execute()
+            ):
+                moved.add(str(notification_id))
+        events.record_many(moved, "rescheduled", host, at=now)
+    return moved
