@@ -188,6 +188,13 @@ def _skip_stale(seqs: dict[str, int], claimed: set[str]) -> None:
 
 def _deliver_one(batch: _Batch, notification: transitions.Claimed) -> None:
     host, seq, notification_id = settings.HOSTNAME, batch.seq(notification), notification.id
+    profile = batch.profiles.get(notification.recipient_id)
+    # Again here, not only at acceptance: the preference may have changed since (force included).
+    opted_out = recipients.opted_out(profile, notification.channel, notification.category)
+    if opted_out:
+        if transitions.mark_opted_out(notification_id, seq, host=host, reason=opted_out):
+            logger.info("Cancelled %s without sending: %s", notification_id, opted_out)
+        return
     attempt = notification.attempt_count - notification.attempts_at_force
     if attempt > settings.MAX_RETRY_ATTEMPTS + 1:
         # Only reachable when workers kept dying mid-delivery: stop before trying yet again.
@@ -198,7 +205,7 @@ def _deliver_one(batch: _Batch, notification: transitions.Claimed) -> None:
         return
     provider = provider_for(notification.channel)
     try:
-        via = provider.deliver(envelope_of(notification, batch.profiles.get(notification.recipient_id)))
+        via = provider.deliver(envelope_of(notification, profile))
     except Exception as exc:
         if _record_failure(batch, notification, attempt, exc):
             batch.retry.append(exc)

@@ -13,7 +13,7 @@ from marshmallow import Schema, ValidationError, fields, post_load, validate, va
 from marshmallow.types import StrSequenceOrSet, UnknownOption
 
 from api.rendering import LOCALE
-from api.validation import Text, bounded_json, encodable, printable
+from api.validation import Text, bounded_json, category_name, encodable, is_category, printable
 from storage.clock import from_db
 from storage.models import CHANNELS, STATUSES, Notification
 
@@ -93,6 +93,11 @@ class NotificationRequest(Schema):
     scheduled_time = fields.DateTime(
         load_default=None,
         metadata={"description": "ISO 8601; without an offset, a wall-clock time in `timezone`"},
+    )
+    category = Text(
+        load_default=None,
+        validate=category_name,
+        metadata={"description": "1-64 characters of `[a-z0-9_.-]`, for the recipient's preferences"},
     )
 
     @validates("recipient_id")
@@ -236,6 +241,9 @@ def plain_push(body: dict[str, Any]) -> dict[str, Any] | None:
     title = body.get("title")
     if title is not None and not _plain_text(title, 0, 255):
         return None
+    category = body.get("category")
+    if category is not None and not (type(category) is str and is_category(category)):
+        return None
     data = body.get("data")
     if data is not None:
         if type(data) is not dict or not all(type(key) is str for key in data):
@@ -252,6 +260,7 @@ def plain_push(body: dict[str, Any]) -> dict[str, Any] | None:
         "scheduled_time": scheduled_time,
         "title": title,
         "data": data,
+        "category": category,
     }
 
 
@@ -354,6 +363,7 @@ class NotificationSchema(Schema):
     html = fields.String(allow_none=True)
     template = fields.String(allow_none=True, metadata={"description": "the template the texts came from"})
     locale = fields.String(allow_none=True, metadata={"description": "the template's locale used"})
+    category = fields.String(allow_none=True)
 
 
 class NotificationList(Schema):

@@ -61,11 +61,13 @@ def accept(channel: str, fields: dict[str, Any], key: RequestKey | None = None) 
         if stored:
             return ids[0]
     now = dt.datetime.now(dt.UTC)
+    profile = recipients.find(fields["recipient_id"])
     try:
-        row = _row(channel, fields, now, recipients.find(fields["recipient_id"]))
+        row = _row(channel, fields, now, profile)
     except _NoAddress as exc:
         raise Rejected({"recipient_id": [str(exc)]}) from None
-    (notification_id,) = _store([row], ids, batch=False)
+    reason = recipients.opted_out(profile, channel, row["category"])
+    (notification_id,) = _store([row], ids, batch=False, opted_out={0: reason} if reason else {})
     with logs.context(notification_id, channel):
         logger.info("Accepted, due %s", row["due_at"].isoformat())
     return notification_id
@@ -80,15 +82,20 @@ def accept_batch(items: list[dict[str, Any]], key: RequestKey | None = None) -> 
             return ids
     now = dt.datetime.now(dt.UTC)
     profiles = recipients.profiles(item["recipient_id"] for item in items)
-    rows, errors = [], {}
+    rows, errors, opted_out = [], {}, {}
     for index, item in enumerate(items):
+        profile = profiles.get(item["recipient_id"])
         try:
-            rows.append(_row(item.pop("channel"), item, now, profiles.get(item["recipient_id"]), item=index))
+            row = _row(item.pop("channel"), item, now, profile, item=index)
         except _NoAddress as exc:
             errors[index] = {"recipient_id": [str(exc)]}
+            continue
+        rows.append(row)
+        if reason := recipients.opted_out(profile, row["channel"], row["category"]):
+            opted_out[index] = reason
     if errors:
         raise Rejected({"notifications": errors})
-    ids = _store(rows, ids, batch=True)
+    ids = _store(rows, ids, batch=True, opted_out=opted_out)
     logger.info("Accepted a batch of %d", len(ids))
     return ids
 
@@ -250,11 +257,15 @@ def _ids_for(key: RequestKey, count: int) -> tuple[list[str], bool]:
         generation += 1
 
 
-def _store(rows: list[dict[str, Any]], ids: list[str] | None, *, batch: bool) -> list[str]:
+def _store(
+    rows: list[dict[str, Any]], ids: list[str] | None, *, batch: bool, opted_out: dict[int, str]
+) -> list[str]:
     """Store accepted rows, under ``ids`` if given; wake the schedulers if one falls due soon.
 
     A batch is stored all or none, in a transaction of its own; a single row commits together with
-    those other threads of this process store at the same time (see ingest.create).
+    those other threads of this process store at the same time (see ingest.create). The rows at
+    the indexes ``opted_out`` names are then cancelled for the reason it gives: their recipients
+    opted out (accepted all the same, so that senders need no special case).
     """
     host = current_app.config["HOSTNAME"]
     if batch:
@@ -262,7 +273,9 @@ def _store(rows: list[dict[str, Any]], ids: list[str] | None, *, batch: bool) ->
     else:
         (row,) = rows
         ids = [ingest.create(host=host, id=ids[0] if ids else None, **row)]
-    scheduler.wake(row["due_at"] for row in rows)
+    if opted_out:
+        transitions.opt_out({ids[index]: reason for index, reason in opted_out.items()}, host=host)
+    scheduler.wake(row["due_at"] for index, row in enumerate(rows) if index not in opted_out)
     for channel, count in Counter(row["channel"] for row in rows).items():
         prometheus.ACCEPTED_BY_CHANNEL[channel].inc(count)
     return ids

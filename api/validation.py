@@ -75,7 +75,11 @@ def encodable(text: str) -> bool:
 _CATEGORY = re.compile(r"[a-z0-9_.-]{1,64}")
 
 
-def category_name(value: str) -> None:
+def is_category(value: str) -> bool:
     """A notification category: 1-64 characters of ``[a-z0-9_.-]``."""
-    if not _CATEGORY.fullmatch(value):
+    return _CATEGORY.fullmatch(value) is not None
+
+
+def category_name(value: str) -> None:
+    if not is_category(value):
         raise ValidationError("Must be 1-64 characters of a-z, 0-9, '_', '.' and '-'.")

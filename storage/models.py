@@ -45,6 +45,8 @@ class Notification(BaseModel):
     # The template the texts were rendered from when accepted, and the locale of it used.
     template = peewee.CharField(max_length=100, null=True)
     locale = peewee.CharField(max_length=35, null=True)
+    # What kind of notification it is, for the recipient's preferences ("marketing", "security").
+    category = peewee.CharField(max_length=64, null=True)
     timezone = peewee.CharField(max_length=64)
     # The instant the client asked for, and the instant it is due (moved into appropriate hours).
     scheduled_time = peewee.DateTimeField()

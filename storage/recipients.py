@@ -65,6 +65,22 @@ def update(recipient_id: str, changes: dict[str, Any]) -> Recipient:
     return get(recipient_id)
 
 
+def opted_out(profile: Recipient | None, channel: str, category: str | None) -> str | None:
+    """Why the recipient does not want this channel (or this category on it), or None when it may go.
+
+    Unknown categories and missing preferences mean allowed.
+    """
+    preferences = (profile.preferences if profile is not None else None) or {}
+    if (preferences.get("channels") or {}).get(channel) is False:
+        return f"Recipient opted out of {channel}"
+    if (
+        category is not None
+        and ((preferences.get("categories") or {}).get(category) or {}).get(channel) is False
+    ):
+        return f"Recipient opted out of {category} {channel}"
+    return None
+
+
 def listing() -> peewee.ModelSelect[Recipient]:
     """All profiles, newest first."""
     return Recipient.select().order_by(Recipient.created_at.desc(), Recipient.id)

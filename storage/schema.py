@@ -108,6 +108,7 @@ def _add_column(database: peewee.Database, table: str, column: str, definition: 
 
 def _add_recipients(database: peewee.Database) -> None:
     database.create_tables([Recipient], safe=True)
+    _add_column(database, "notification", "category", "VARCHAR(64) NULL")
 
 
 def _rename_column(database: peewee.Database, table: str, old: str, new: str) -> None:

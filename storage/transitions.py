@@ -44,6 +44,7 @@ class Claimed(NamedTuple):
     last_error: str | None
     worker_host: str
     html: str | None = None
+    category: str | None = None
 
 
 # Claimed's columns, in its order; the id as text, as every caller wants it.
@@ -52,6 +53,35 @@ _CLAIMED_COLUMNS = "n.id::text, " + ", ".join(f"n.{name}" for name in Claimed._f
 
 def _conflict_or_missing(notification_id: Any, action: str, allowed: Iterable[str]) -> TransitionConflict:
     return TransitionConflict(action, get(notification_id).status, allowed)
+
+
+def opt_out(reasons: Mapping[Any, str], *, host: str) -> None:
+    """Cancel just-accepted Pending rows, each for the reason given: their recipient opted out."""
+    now = utcnow()
+    with db.atomic():
+        for notification_id, reason in reasons.items():
+            if (
+                Notification.update(status=CANCELLED, last_error=reason, lease_until=None, updated_at=now)
+                .where((Notification.id == notification_id) & (Notification.status == PENDING))
+                .execute()
+            ):
+                events.record(notification_id, "cancelled", host, detail=reason, at=now)
+
+
+def mark_opted_out(notification_id: Any, seq: int, *, host: str, reason: str) -> bool:
+    """Cancel a claimed row without sending it: its recipient opted out since it was accepted."""
+    with db.atomic():
+        done = _finish(
+            notification_id,
+            seq,
+            status=CANCELLED,
+            last_error=reason,
+            lease_until=None,
+            attempt_count=Notification.attempt_count - 1,  # claimed, not attempted
+        )
+        if done:
+            events.record(notification_id, "cancelled", host, detail=reason)
+    return done
 
 
 def cancel(notification_id: Any, *, host: str) -> Notification:
