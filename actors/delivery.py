@@ -15,6 +15,7 @@ import dramatiq
 import logs
 import settings
 import storage
+import unsubscribe
 from actors.providers import DeliveryError, Envelope, TransientDeliveryError, provider_for
 from storage import db, events, recipients, transitions
 from storage.clock import utcnow
@@ -56,7 +57,14 @@ def envelope_of(notification: transitions.Claimed, profile: Recipient | None = N
         data=notification.data,
         html=notification.html,
         address=profile.email if profile is not None else None,
+        unsubscribe_url=_unsubscribe_url(notification) if notification.channel == "email" else None,
     )
+
+
+def _unsubscribe_url(notification: transitions.Claimed) -> str:
+    """Unsubscribes the recipient from the notification's category, or from all email without one."""
+    token = unsubscribe.token_for(settings.SECRET_KEY, notification.recipient_id, notification.category)
+    return unsubscribe.url_for(settings.PUBLIC_URL, token)
 
 
 def deliver(seqs: dict[str, int], *, clock: Callable[[], float] = time.monotonic) -> None:

@@ -35,6 +35,7 @@ from api import (
     recipients,
     schemas,
     templates,
+    unsubscribe,
 )
 from api.dashboard import dramatiq_dashboard
 from storage import schedule
@@ -86,6 +87,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     api.register_blueprint(health.blp)
     api.register_blueprint(metrics.blp)
     app.register_blueprint(dashboard.blp)
+    app.register_blueprint(unsubscribe.blp)
     if actors.REDIS:
         dramatiq_dashboard.mount(app, broker)
 

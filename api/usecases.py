@@ -136,6 +136,12 @@ def update_recipient(recipient_id: str, changes: dict[str, Any]) -> Recipient:
     return recipient
 
 
+def unsubscribe(recipient_id: str, category: str | None) -> None:
+    """Turn the recipient's email off for ``category`` (all its email without one), making its profile."""
+    recipients.turn_off(recipient_id, "email", category)
+    logger.info("A recipient unsubscribed from %s", f"{category} email" if category else "email")
+
+
 def _replan(recipient: Recipient) -> None:
     """Move the recipient's Pending, unforced notifications to the due times its window gives now."""
     now = dt.datetime.now(dt.UTC)

@@ -1,4 +1,4 @@
-"""Recipients' profiles: store, change, read and list them."""
+"""Recipients' profiles: store, change, read and list them; what they opt out of."""
 
 from __future__ import annotations
 
@@ -84,3 +84,34 @@ def opted_out(profile: Recipient | None, channel: str, category: str | None) -> 
 def listing() -> peewee.ModelSelect[Recipient]:
     """All profiles, newest first."""
     return Recipient.select().order_by(Recipient.created_at.desc(), Recipient.id)
+
+
+def turn_off(recipient_id: str, channel: str, category: str | None) -> Recipient:
+    """Turn the channel off for the recipient (for ``category`` only, when given), creating its profile.
+
+    The preferences are one JSON document: the change is written only if the profile is still as it
+    was read, else read again, so that concurrent changes are not lost.
+    """
+    while True:
+        profile = find(recipient_id)
+        if profile is None:
+            replace(recipient_id, {"preferences": _switched_off({}, channel, category)})
+            continue  # read back, and switched off again if a concurrent PUT replaced it meanwhile
+        preferences = profile.preferences or {}
+        if opted_out(profile, channel, category):
+            return profile
+        changed = (
+            Recipient.update(preferences=_switched_off(preferences, channel, category), updated_at=utcnow())
+            .where((Recipient.id == recipient_id) & (Recipient.updated_at == profile.updated_at))
+            .execute()
+        )
+        if changed:
+            return get(recipient_id)
+
+
+def _switched_off(preferences: dict[str, Any], channel: str, category: str | None) -> dict[str, Any]:
+    if category is None:
+        return {**preferences, "channels": {**(preferences.get("channels") or {}), channel: False}}
+    categories = preferences.get("categories") or {}
+    switches = {**(categories.get(category) or {}), channel: False}
+    return {**preferences, "categories": {**categories, category: switches}}

@@ -15,6 +15,7 @@ import uuid
 for _name in ("BROKER_URL", "CLOUDAMQP_URL", "SMTP_URL", "PUSH_WEBHOOK_URL", "API_KEYS"):
     os.environ.pop(_name, None)
 os.environ.setdefault("OUTBOX_DIR", tempfile.mkdtemp(prefix="outbox-"))
+os.environ.setdefault("SECRET_KEY", "test-secret-key-of-this-run-0123456789")
 # The actors read their retry backoff at import: 10 ms for the workers in this process, so that the
 # in-process delivery tests retry in milliseconds. Taken out again once read, so that the service
 # processes tests start keep the default or set their own.
