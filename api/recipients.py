@@ -169,6 +169,11 @@ class RecipientById(MethodView):
         recipient, created = usecases.replace_recipient(_checked_id(recipient_id), _stored(profile))
         return recipient, 201 if created else 200
 
+    @blp.response(204)
+    def delete(self, recipient_id: str) -> None:
+        """Erase a recipient: its profile, and its notifications' recipient and text"""
+        usecases.erase_recipient(_checked_id(recipient_id))
+
     @blp.arguments(Profile())
     @blp.response(200, RecipientSchema)
     @blp.alt_response(404, response="NOT_FOUND")

@@ -136,6 +136,12 @@ def update_recipient(recipient_id: str, changes: dict[str, Any]) -> Recipient:
     return recipient
 
 
+def erase_recipient(recipient_id: str) -> None:
+    """Erase a recipient: profile gone, Pending notifications cancelled, all its notifications redacted."""
+    redacted = recipients.erase(recipient_id, host=current_app.config["HOSTNAME"])
+    logger.info("Erased a recipient and redacted %d notifications", redacted)
+
+
 def unsubscribe(recipient_id: str, category: str | None) -> None:
     """Turn the recipient's email off for ``category`` (all its email without one), making its profile."""
     recipients.turn_off(recipient_id, "email", category)

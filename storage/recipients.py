@@ -1,4 +1,4 @@
-"""Recipients' profiles: store, change, read and list them; what they opt out of."""
+"""Recipients' profiles: store, change, read and list them; what they opt out of; erasure."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from typing import Any
 
 import peewee
 
+from storage import events
 from storage.clock import utcnow
 from storage.database import db
-from storage.models import Recipient
+from storage.models import CANCELLED, PENDING, Notification, NotificationEvent, Recipient
 
 # The profile's fields a client sets; the rest (id, created_at, updated_at) the storage keeps.
 PROFILE_FIELDS = ("email", "timezone", "locale", "delivery_window", "preferences")
@@ -115,3 +116,59 @@ def _switched_off(preferences: dict[str, Any], channel: str, category: str | Non
     categories = preferences.get("categories") or {}
     switches = {**(categories.get(category) or {}), channel: False}
     return {**preferences, "categories": {**categories, category: switches}}
+
+
+# What an erased recipient's notifications hold instead of its id and their text.
+ERASED = "[erased]"
+_ERASED_REASON = "Recipient erased"
+# Event details that may quote an address or a provider's answer about it; the rest are counters.
+_WORDED_EVENTS = ("retry", "failed", "cancelled", "deferred")
+
+
+def erase(recipient_id: str, *, host: str) -> int:
+    """Erase a recipient (GDPR article 17): its profile goes, its Pending notifications are cancelled,
+    and all its notifications (those sent straight to its address too) are redacted; the rows and
+    their statuses stay, so that counts and metrics stay true. Returns how many were redacted.
+    """
+    now = utcnow()
+    with db.atomic():
+        profile = find(recipient_id)
+        ids = [recipient_id] + ([profile.email] if profile is not None and profile.email else [])
+        theirs = Notification.recipient_id.in_(ids)
+        cancelled = [
+            row.id
+            for row in Notification.update(
+                status=CANCELLED, lease_until=None, last_error=_ERASED_REASON, updated_at=now
+            )
+            .where(theirs & (Notification.status == PENDING))
+            .returning(Notification.id)
+            .execute()
+        ]
+        events.record_many(cancelled, "cancelled", host, at=now)
+        NotificationEvent.update(detail=None).where(
+            NotificationEvent.notification_id.in_(Notification.select(Notification.id).where(theirs))
+            & NotificationEvent.kind.in_(_WORDED_EVENTS)
+        ).execute()
+        redacted = (
+            Notification.update(
+                recipient_id=ERASED,
+                content=ERASED,
+                subject=None,
+                title=None,
+                data=None,
+                # A provider's error may quote the address; the reason just given for cancelling does not.
+                last_error=peewee.Case(
+                    None,
+                    [
+                        (Notification.last_error.is_null(), None),
+                        (Notification.last_error == _ERASED_REASON, _ERASED_REASON),
+                    ],
+                    ERASED,
+                ),
+                updated_at=now,
+            )
+            .where(theirs)
+            .execute()
+        )
+        Recipient.delete().where(Recipient.id.in_(ids)).execute()
+    return int(redacted)
