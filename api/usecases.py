@@ -185,6 +185,9 @@ _ADDRESS = validate.Email()
 
 
 def is_address(recipient_id: str) -> bool:
+    """An email address as the API takes one: RFC 5321's 254 characters at most."""
+    if len(recipient_id) > 254:
+        return False
     try:
         _ADDRESS(recipient_id)
     except ValidationError:
