@@ -12,7 +12,7 @@ from flask.typing import ResponseReturnValue
 import unsubscribe
 from api import usecases
 
-blp = Blueprint("unsubscribe", __name__, url_prefix="/unsubscribe", template_folder="templates")
+blp = Blueprint("unsubscribe", __name__, url_prefix="/unsubscribe", template_folder="pages")
 
 
 def _what(subscription: unsubscribe.Subscription) -> str:
