@@ -124,3 +124,24 @@ def test_an_email_to_an_address_goes_to_it(client, smtp):
     notification = accept(client, "email", recipient_id="grace@example.com")
     assert deliver_due(notification["id"]).status == "Delivered"
     assert smtp.wait_for(1)[0].rcpt_tos == ["grace@example.com"]
+
+
+def test_a_templates_locale_is_the_requests_else_the_recipients(client, recipient_id):
+    template = {
+        "channel": "push",
+        "default_locale": "en",
+        "locales": {"en": {"text": "Hello"}, "pl": {"text": "Cześć"}},
+    }
+    name = f"greeting-{recipient_id}"
+    assert client.put(f"/templates/{name}", json=template).status_code in (200, 201)
+    client.put(f"/recipients/{recipient_id}", json={"locale": "pl-PL"})
+
+    def sent(**body):
+        response = client.post(
+            "/notifications/push", json={"recipient_id": recipient_id, "template": name, **body}
+        )
+        assert response.status_code == 202, response.json
+        return client.get(f"/notifications/{response.json['notification_id']}").json
+
+    assert (sent()["locale"], sent()["content"]) == ("pl", "Cześć")
+    assert sent(locale="en")["content"] == "Hello"
