@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 
 import pytest
@@ -152,3 +153,30 @@ def test_the_routes_are_in_the_openapi_spec(client):
     paths = client.get("/openapi.json").json["paths"]
     assert {"get", "put", "patch"} <= paths["/recipients/{recipient_id}"].keys()
     assert "get" in paths["/recipients"]
+
+
+def test_the_dashboard_shows_a_recipients_profile_preferences_and_notifications(client, rid):
+    client.put(f"/recipients/{rid}", json=PROFILE)
+    sent = client.post(
+        "/notifications/push", json={"recipient_id": rid, "content": "x", "category": "security"}
+    )
+    html = client.get(f"/dashboard/recipients/{rid}").text
+    assert "ada@example.com" in html and "Europe/Warsaw" in html and "pl-PL" in html
+    assert "09:00\u201321:30 mon, tue, wed, thu, fri" in html
+    marketing = re.search(r'<tr data-category="marketing">(.*?)</tr>', html, re.S)[1]
+    assert re.findall(r"<td>(.*?)</td>", marketing) == [
+        "marketing",
+        "on",
+        '<span class="status s-failed">off</span>',
+    ]
+    assert sent.json["notification_id"][:8] in html
+    notification = client.get(f"/dashboard/notifications/{sent.json['notification_id']}").text
+    assert f'href="/dashboard/recipients/{rid}"' in notification
+
+
+def test_the_dashboard_page_of_a_recipient_without_a_profile_says_so(client, rid):
+    assert "No profile" in client.get(f"/dashboard/recipients/{rid}").text
+
+
+def test_the_dashboards_recipient_page_needs_a_key(client, rid):
+    assert client.get(f"/dashboard/recipients/{rid}", environ_base={"HTTP_X_API_KEY": ""}).status_code == 401

@@ -1,4 +1,4 @@
-"""The dashboard's pages: the overview, a queue's notifications, one notification."""
+"""The dashboard's pages: the overview, a queue's notifications, one notification, one recipient."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import actors
 from actors import queues
 from api.dashboard import charts
 from api.dashboard.blueprint import blp
-from storage import metrics, queries, workers
+from storage import metrics, queries, recipients, workers
 from storage.clock import utcnow
 from storage.models import CHANNELS, FAILED, PENDING, PROCESSING
 
@@ -100,6 +100,17 @@ def notification(notification_id: UUID) -> str:
         abort(404, description=f"Notification {notification_id} not found.")
     return render_template(
         "dashboard/notification.html", n=found, history=list(queries.history(notification_id))
+    )
+
+
+@blp.get("/recipients/<path:recipient_id>")
+def recipient(recipient_id: str) -> str:
+    return render_template(
+        "dashboard/recipient.html",
+        recipient_id=recipient_id,
+        profile=recipients.find(recipient_id),
+        channels=CHANNELS,
+        recent=list(queries.listing(recipient_id=recipient_id).limit(PAGE_SIZE)),
     )
 
 
