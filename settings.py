@@ -5,7 +5,9 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import secrets
 import socket
+import time
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 
@@ -153,6 +155,37 @@ def _rate(name: str) -> tuple[int, int] | None:
     return int(count), _periods[period.strip().lower()]
 
 
+def _secret_key(name: str, path: str, *, required: bool) -> str:
+    value = _env(name, "")
+    if value:
+        if len(value) < 16:
+            raise SettingsError(f"{name} must be at least 16 characters long")
+        return value
+    if required:
+        raise SettingsError(
+            f"{name} must be set when BROKER_URL is: every web and worker process signs and checks the"
+            " unsubscribe links with it (python -c 'import secrets; print(secrets.token_hex(32))')"
+        )
+    directory = os.path.dirname(path)
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    try:
+        # O_EXCL: of processes starting together, one writes it and the others read that one.
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(descriptor, "w") as file:
+            file.write(secrets.token_hex(32))
+    for _ in range(100):
+        with open(path) as file:
+            stored = file.read().strip()
+        if stored:
+            return stored
+        time.sleep(0.01)  # another process created the file and is writing it
+    raise SettingsError(f"{name}: the key in {path} is empty; delete the file to have a new one made")
+
+
 DATABASE_URL: str = _url(
     "DATABASE_URL", "sqlite:///var/notifications.db", ("sqlite", "postgres", "postgresql")
 )
@@ -262,3 +295,10 @@ if LOG_LEVEL not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
 
 # Recorded on events and used to group metrics by the host that handled a notification.
 HOSTNAME: str = _env("HOSTNAME", socket.gethostname())
+
+# Where clients reach this service: the links in emails (one-click unsubscribe) start with it.
+PUBLIC_URL: str = _url("PUBLIC_URL", "http://127.0.0.1:5000", ("http", "https")).rstrip("/")
+# Signs the unsubscribe links. The embedded default makes one, once, into SECRET_KEY_FILE; with a
+# broker, web and workers may run on several hosts, which must all share one: it must be set.
+SECRET_KEY_FILE: str = _env("SECRET_KEY_FILE", "var/secret_key")
+SECRET_KEY: str = _secret_key("SECRET_KEY", SECRET_KEY_FILE, required=bool(BROKER_URL))

@@ -20,6 +20,7 @@ import dramatiq
 import logs
 import settings
 import storage
+import unsubscribe
 from actors.providers import (
     DeliveryError,
     Device,
@@ -30,10 +31,10 @@ from actors.providers import (
     provider_for,
     sender_for,
 )
-from storage import db, deliveries, devices, events, transitions
+from storage import db, deliveries, devices, events, recipients, transitions
 from storage.clock import utcnow
 from storage.deliveries import Plan, Result, Target
-from storage.models import DELIVERED_DELIVERY, FAILED_DELIVERY, PENDING_DELIVERY
+from storage.models import DELIVERED_DELIVERY, FAILED_DELIVERY, PENDING_DELIVERY, Recipient
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,8 @@ def deliver_email(seqs: dict[str, int]) -> None:
 ACTORS: dict[str, dramatiq.Actor] = {"push": deliver_push, "email": deliver_email}
 
 
-def envelope_of(notification: transitions.Claimed) -> Envelope:
+def envelope_of(notification: transitions.Claimed, profile: Recipient | None = None) -> Envelope:
+    """What the provider sends; an email goes to the address of the recipient's profile, if it has one."""
     return Envelope(
         notification_id=notification.id,
         channel=notification.channel,
@@ -69,6 +71,8 @@ def envelope_of(notification: transitions.Claimed) -> Envelope:
         title=notification.title,
         data=notification.data,
         html=notification.html,
+        address=profile.email if profile is not None else None,
+        unsubscribe_url=_unsubscribe_url(notification) if notification.channel == "email" else None,
     )
 
 
@@ -98,6 +102,12 @@ def device_of(target: Target) -> Device:
         environment=stored.environment,
         last_seen_at=stored.last_seen_at,
     )
+
+
+def _unsubscribe_url(notification: transitions.Claimed) -> str:
+    """Unsubscribes the recipient from the notification's category, or from all email without one."""
+    token = unsubscribe.token_for(settings.SECRET_KEY, notification.recipient_id, notification.category)
+    return unsubscribe.url_for(settings.PUBLIC_URL, token)
 
 
 def deliver(seqs: dict[str, int], *, clock: Callable[[], float] = time.monotonic) -> None:
@@ -169,6 +179,7 @@ class _Batch:
         self.recorded_at = self.started
         self.retry: list[Exception] = []
         self.outcomes: list[Outcome | DeviceOutcome | DeviceDisabled] = []
+        self.profiles: dict[str, Recipient] = {}
         current_outcome.value = self.outcomes
 
     def run(self) -> None:
@@ -187,6 +198,8 @@ class _Batch:
             host=settings.HOSTNAME,
         )
         self.untried.extend(claimed)
+        # Read now, not at acceptance: a profile changed since then still holds.
+        self.profiles = recipients.profiles(n.recipient_id for n in claimed)
         while self.untried:
             if self.clock() - self.started > settings.PROCESSING_LEASE / 2:
                 # A slow provider used up half the claim: give the rest back before it runs out.
@@ -272,6 +285,14 @@ def _attempt(notification: transitions.Claimed) -> int:
 
 
 def _deliver_one(batch: _Batch, notification: transitions.Claimed) -> None:
+    host, seq, notification_id = settings.HOSTNAME, batch.seq(notification), notification.id
+    profile = batch.profiles.get(notification.recipient_id)
+    # Again here, not only at acceptance: the preference may have changed since (force included).
+    opted_out = recipients.opted_out(profile, notification.channel, notification.category)
+    if opted_out:
+        if transitions.mark_opted_out(notification_id, seq, host=host, reason=opted_out):
+            logger.info("Cancelled %s without sending: %s", notification_id, opted_out)
+        return
     attempt = _attempt(notification)
     if attempt > settings.MAX_RETRY_ATTEMPTS + 1:
         # Only reachable when workers kept dying mid-delivery: stop before trying yet again.
@@ -282,7 +303,7 @@ def _deliver_one(batch: _Batch, notification: transitions.Claimed) -> None:
         return
     provider = provider_for(notification.channel)
     try:
-        via = provider.deliver(envelope_of(notification))
+        via = provider.deliver(envelope_of(notification, profile))
     except Exception as exc:
         if _record_failure(batch, notification, attempt, exc):
             batch.retry.append(exc)

@@ -33,8 +33,10 @@ from api import (
     prometheus,
     proxies,
     ratelimit,
+    recipients,
     schemas,
     templates,
+    unsubscribe,
 )
 from api.dashboard import dramatiq_dashboard
 from storage import schedule
@@ -83,9 +85,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     api.register_blueprint(notifications.blp)
     api.register_blueprint(templates.blp)
     api.register_blueprint(devices.blp)
+    api.register_blueprint(recipients.blp)
     api.register_blueprint(health.blp)
     api.register_blueprint(metrics.blp)
     app.register_blueprint(dashboard.blp)
+    app.register_blueprint(unsubscribe.blp)
     if actors.REDIS:
         dramatiq_dashboard.mount(app, broker)
 

@@ -1,4 +1,4 @@
-"""Who may call the service: API keys for every endpoint but /health, and the dashboard's password.
+"""Who may call the service: API keys for every endpoint but /health and /unsubscribe, a dashboard password.
 
 Keys are compared as sha256 digests with ``hmac.compare_digest`` against every configured key, so
 neither the answer's content nor its timing tells which part of a wrong key was wrong.
@@ -17,6 +17,8 @@ from flask import Flask, current_app, g, request
 from flask_smorest import abort
 
 OPEN_PATH = "/health"
+# One-click unsubscribe: the signed token in the path is the credential.
+TOKEN_PREFIX = "/unsubscribe/"
 DASHBOARD_PREFIX = "/dashboard"
 ANONYMOUS = "anonymous"
 _SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}, {"apiKeyHeader": []}]
@@ -71,7 +73,7 @@ def require_dashboard_access() -> None:
 
 
 def _authenticate() -> None:
-    if request.path == OPEN_PATH:
+    if request.path == OPEN_PATH or request.path.startswith(TOKEN_PREFIX):
         return
     if request.path.startswith(DASHBOARD_PREFIX):
         require_dashboard_access()

@@ -54,14 +54,21 @@ def _unrenderable(exc: rendering.RenderError) -> NoReturn:
     raise AssertionError("unreachable: abort raises")
 
 
-def _scheduled(channel: str, fields: dict[str, Any]) -> dict[str, Any]:
+def _accepted(use_case: Callable[..., Result], *args: Any) -> Result:
+    """Run an accepting use case, translating what makes the request unusable to a 422 naming the field."""
     try:
-        notification_id = usecases.accept(channel, fields, request_key())
+        return use_case(*args, request_key())
     except rendering.RenderError as exc:
         _unrenderable(exc)
+    except usecases.Rejected as exc:
+        abort(422, errors={"json": exc.errors})
+    raise AssertionError("unreachable: abort raises")
+
+
+def _scheduled(channel: str, fields: dict[str, Any]) -> dict[str, Any]:
     return {
         "status": "success",
-        "notification_id": notification_id,
+        "notification_id": _accepted(usecases.accept, channel, fields),
         "message": f"{channel.capitalize()} notification scheduled",
     }
 
@@ -96,10 +103,7 @@ class NotificationBatch(MethodView):
     @blp.alt_response(413, response="REQUEST_ENTITY_TOO_LARGE")
     def post(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Schedule up to 1000 notifications at once, all or none"""
-        try:
-            ids = usecases.accept_batch(batch["notifications"], request_key())
-        except rendering.RenderError as exc:
-            _unrenderable(exc)
+        ids = _accepted(usecases.accept_batch, batch["notifications"])
         return {
             "status": "success",
             "count": len(ids),

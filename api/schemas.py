@@ -10,13 +10,12 @@ from typing import Any, TypeGuard
 from zoneinfo import ZoneInfo, available_timezones
 
 from apispec.ext.marshmallow.field_converter import FieldConverterMixin
-from flask import current_app
 from marshmallow import Schema, ValidationError, fields, post_load, validate, validates, validates_schema
 from marshmallow.types import StrSequenceOrSet, UnknownOption
 
 from actors.providers.base import reserved_data_keys
 from api.rendering import LOCALE
-from api.validation import Text, bounded_json, encodable, printable
+from api.validation import Text, bounded_json, category_name, encodable, is_category, printable
 from storage.clock import from_db
 from storage.models import (
     CHANNELS,
@@ -102,10 +101,18 @@ class NotificationRequest(Schema):
             "description": "the template's locale to render, falling back from `pl-PL` to `pl` to its default"
         },
     )
-    timezone = TimezoneField(load_default=lambda: ZoneInfo(current_app.config["DEFAULT_TIMEZONE"]))
+    timezone = TimezoneField(
+        load_default=None,
+        metadata={"description": "IANA zone; when omitted the recipient's, else the service's default"},
+    )
     scheduled_time = fields.DateTime(
         load_default=None,
         metadata={"description": "ISO 8601; without an offset, a wall-clock time in `timezone`"},
+    )
+    category = Text(
+        load_default=None,
+        validate=category_name,
+        metadata={"description": "1-64 characters of `[a-z0-9_.-]`, for the recipient's preferences"},
     )
 
     @validates("recipient_id")
@@ -194,10 +201,10 @@ class PushRequest(NotificationRequest):
 
 
 class EmailRequest(NotificationRequest):
-    recipient_id = fields.Email(
+    recipient_id = Text(
         required=True,
-        validate=validate.Length(min=3, max=254),
-        metadata={"description": "The recipient's email address"},
+        validate=[validate.Length(min=1, max=320), printable],
+        metadata={"description": "An email address, or the id of a recipient whose profile has an email"},
     )
     subject = Text(validate=validate.Length(max=255), load_default=None)
     html = Text(
@@ -255,8 +262,8 @@ def plain_push(body: dict[str, Any]) -> dict[str, Any] | None:
         return None
     if not _plain_text(content, 1, MAX_CONTENT):
         return None
-    zone = body["timezone"] if "timezone" in body else current_app.config["DEFAULT_TIMEZONE"]
-    if type(zone) is not str or zone not in _zones():
+    zone = body.get("timezone")
+    if zone is not None and (type(zone) is not str or zone not in _zones()):
         return None
     scheduled_time = body.get("scheduled_time")
     if scheduled_time is not None:
@@ -269,6 +276,9 @@ def plain_push(body: dict[str, Any]) -> dict[str, Any] | None:
             return None
     title = body.get("title")
     if title is not None and not _plain_text(title, 0, 255):
+        return None
+    category = body.get("category")
+    if category is not None and not (type(category) is str and is_category(category)):
         return None
     data = body.get("data")
     if data is not None:
@@ -290,13 +300,14 @@ def plain_push(body: dict[str, Any]) -> dict[str, Any] | None:
     return {
         "recipient_id": recipient,
         "content": content,
-        "timezone": ZoneInfo(zone),
+        "timezone": None if zone is None else ZoneInfo(zone),
         "scheduled_time": scheduled_time,
         "title": title,
         "data": data,
         "ttl": ttl,
         "urgency": urgency,
         "collapse_key": collapse_key,
+        "category": category,
     }
 
 
@@ -402,6 +413,7 @@ class NotificationSchema(Schema):
     ttl = fields.Integer(allow_none=True, metadata={"description": "push only"})
     urgency = fields.String(allow_none=True, metadata={"enum": list(URGENCIES), "description": "push only"})
     collapse_key = fields.String(allow_none=True, metadata={"description": "push only"})
+    category = fields.String(allow_none=True)
 
 
 class DeliverySchema(Schema):

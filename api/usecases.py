@@ -1,4 +1,4 @@
-"""What clients and operators do to notifications, one function each: accept, accept a batch, force, cancel.
+"""What clients and operators do, one function each: accept (one, a batch), force, cancel; change a recipient.
 
 The API's views and the dashboard's actions both call these, and translate what they raise
 (``NotificationNotFound``, ``TransitionConflict``) for their own kind of answer. The dashboard's
@@ -13,18 +13,19 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from flask import current_app
-from marshmallow import ValidationError
+from marshmallow import ValidationError, validate
 
 import logs
 from actors import scheduler
 from api import prometheus, rendering, schemas
-from api.delivery_time import plan_delivery
+from api.delivery_time import Plan, Window, plan_delivery
 from api.idempotency import RequestKey
-from storage import ingest, queries, templates, transitions
-from storage.clock import to_db
-from storage.models import Notification
+from storage import ingest, queries, recipients, templates, transitions
+from storage.clock import from_db, to_db
+from storage.models import Notification, Recipient
 
 logger = logging.getLogger(__name__)
 
@@ -41,16 +42,32 @@ class Outcome:
     message_id: str | None
 
 
+class Rejected(ValueError):
+    """A request valid in itself that the recipients' profiles make unusable; ``errors`` as a schema's."""
+
+    def __init__(self, errors: dict[str, Any]) -> None:
+        super().__init__(str(errors))
+        self.errors = errors
+
+
 def accept(channel: str, fields: dict[str, Any], key: RequestKey | None = None) -> str:
-    """Store a validated push or email request as a Pending notification; return its id."""
+    """Store a validated push or email request as a Pending notification; return its id.
+
+    Rejected when it is an email to a recipient id whose profile has no address.
+    """
     ids = None
     if key is not None:
         ids, stored = _ids_for(key, 1)
         if stored:
             return ids[0]
     now = dt.datetime.now(dt.UTC)
-    row = _row(channel, fields, now)
-    (notification_id,) = _store([row], ids, batch=False)
+    profile = recipients.find(fields["recipient_id"])
+    try:
+        row = _row(channel, fields, now, profile)
+    except _NoAddress as exc:
+        raise Rejected({"recipient_id": [str(exc)]}) from None
+    reason = recipients.opted_out(profile, channel, row["category"])
+    (notification_id,) = _store([row], ids, batch=False, opted_out={0: reason} if reason else {})
     with logs.context(notification_id, channel):
         logger.info("Accepted, due %s", row["due_at"].isoformat())
     return notification_id
@@ -64,8 +81,21 @@ def accept_batch(items: list[dict[str, Any]], key: RequestKey | None = None) -> 
         if stored:
             return ids
     now = dt.datetime.now(dt.UTC)
-    rows = [_row(item.pop("channel"), item, now, item=index) for index, item in enumerate(items)]
-    ids = _store(rows, ids, batch=True)
+    profiles = recipients.profiles(item["recipient_id"] for item in items)
+    rows, errors, opted_out = [], {}, {}
+    for index, item in enumerate(items):
+        profile = profiles.get(item["recipient_id"])
+        try:
+            row = _row(item.pop("channel"), item, now, profile, item=index)
+        except _NoAddress as exc:
+            errors[index] = {"recipient_id": [str(exc)]}
+            continue
+        rows.append(row)
+        if reason := recipients.opted_out(profile, row["channel"], row["category"]):
+            opted_out[index] = reason
+    if errors:
+        raise Rejected({"notifications": errors})
+    ids = _store(rows, ids, batch=True, opted_out=opted_out)
     logger.info("Accepted a batch of %d", len(ids))
     return ids
 
@@ -87,23 +117,106 @@ def cancel(notification_id: Any) -> Outcome:
     )
 
 
-def _row(channel: str, fields: dict[str, Any], now: dt.datetime, item: int | None = None) -> dict[str, Any]:
-    """The stored form of a validated request: its texts rendered, its time resolved into a due time."""
+def replace_recipient(recipient_id: str, profile: dict[str, Any]) -> tuple[Recipient, bool]:
+    """Create or replace a recipient's profile; return it and whether it is new.
+
+    Its notifications not yet handed to a worker move to its new delivery window.
+    """
+    recipient, created = recipients.replace(recipient_id, profile)
+    if not created:
+        _replan(recipient)
+    return recipient, created
+
+
+def update_recipient(recipient_id: str, changes: dict[str, Any]) -> Recipient:
+    """Replace the profile's fields ``changes`` names; RecipientNotFound when there is no profile."""
+    recipient = recipients.update(recipient_id, changes)
+    if "delivery_window" in changes:
+        _replan(recipient)
+    return recipient
+
+
+def erase_recipient(recipient_id: str) -> None:
+    """Erase a recipient: profile gone, Pending notifications cancelled, all its notifications redacted."""
+    redacted = recipients.erase(recipient_id, host=current_app.config["HOSTNAME"])
+    logger.info("Erased a recipient and redacted %d notifications", redacted)
+
+
+def unsubscribe(recipient_id: str, category: str | None) -> None:
+    """Turn the recipient's email off for ``category`` (all its email without one), making its profile."""
+    recipients.turn_off(recipient_id, "email", category)
+    logger.info("A recipient unsubscribed from %s", f"{category} email" if category else "email")
+
+
+def _replan(recipient: Recipient) -> None:
+    """Move the recipient's Pending, unforced notifications to the due times its window gives now."""
+    now = dt.datetime.now(dt.UTC)
+    plans = {}
+    for notification in queries.awaiting_delivery(recipient.id):
+        plan = _plan(from_db(notification.scheduled_time), ZoneInfo(notification.timezone), now, recipient)
+        if to_db(plan.due_at) != notification.due_at:
+            plans[notification.id] = transitions.Replan(
+                notification.message_seq, to_db(plan.due_at), plan.appropriate_delivery
+            )
+    if plans:
+        moved = transitions.reschedule(plans, host=current_app.config["HOSTNAME"])
+        scheduler.wake(plans[nid].due_at for nid in plans if str(nid) in moved)
+        logger.info("Moved %d notifications of a recipient to its delivery window", len(moved))
+
+
+def _plan(requested: dt.datetime | None, zone: ZoneInfo, now: dt.datetime, profile: Recipient | None) -> Plan:
+    config = current_app.config
+    window = profile.delivery_window if profile is not None else None
+    return plan_delivery(
+        requested,
+        zone,
+        now=now,
+        start=config["APPROPRIATE_HOURS_START"],
+        end=config["APPROPRIATE_HOURS_END"],
+        window=None if window is None else Window.of(window),
+    )
+
+
+class _NoAddress(ValueError):
+    """An email's recipient id is no address, and no profile gives one."""
+
+
+_ADDRESS = validate.Email()
+
+
+def is_address(recipient_id: str) -> bool:
+    """An email address as the API takes one: RFC 5321's 254 characters at most."""
+    if len(recipient_id) > 254:
+        return False
+    try:
+        _ADDRESS(recipient_id)
+    except ValidationError:
+        return False
+    return True
+
+
+def _row(
+    channel: str, fields: dict[str, Any], now: dt.datetime, profile: Recipient | None, item: int | None = None
+) -> dict[str, Any]:
+    """The stored form of a validated request: its texts rendered, its zone chosen, its time resolved
+    into a due time.
+
+    The zone is the request's, else the recipient's, else the default. An email's recipient is an
+    address, or a recipient with one (its address is read again when it is sent).
+    """
     fields = dict(fields)
+    if channel == "email" and not is_address(fields["recipient_id"]) and not (profile and profile.email):
+        raise _NoAddress("Must be an email address, or the id of a recipient whose profile has an email.")
     if "template" in fields:
         try:
-            fields = _rendered(channel, fields)
+            fields = _rendered(channel, fields, profile)
         except rendering.RenderError as exc:
             exc.item = item
             raise
-    zone = fields.pop("timezone")
-    plan = plan_delivery(
-        fields.pop("scheduled_time"),
-        zone,
-        now=now,
-        start=current_app.config["APPROPRIATE_HOURS_START"],
-        end=current_app.config["APPROPRIATE_HOURS_END"],
+    zone = fields.pop("timezone") or ZoneInfo(
+        profile.timezone if profile and profile.timezone else current_app.config["DEFAULT_TIMEZONE"]
     )
+    plan = _plan(fields.pop("scheduled_time"), zone, now, profile)
     return {
         **fields,
         "channel": channel,
@@ -114,7 +227,7 @@ def _row(channel: str, fields: dict[str, Any], now: dt.datetime, item: int | Non
     }
 
 
-def _rendered(channel: str, fields: dict[str, Any]) -> dict[str, Any]:
+def _rendered(channel: str, fields: dict[str, Any], profile: Recipient | None) -> dict[str, Any]:
     """A request naming a template, with the texts rendered from it; RenderError names what failed."""
     name, variables = fields.pop("template"), fields.pop("variables", None)
     try:
@@ -123,7 +236,7 @@ def _rendered(channel: str, fields: dict[str, Any]) -> dict[str, Any]:
         raise rendering.RenderError("template", f"No template named {name!r}.") from None
     if template.channel != channel:
         raise rendering.RenderError("template", f"Is a {template.channel} template, not {channel}.")
-    wanted = _wanted_locale(fields.pop("locale", None), fields["recipient_id"])
+    wanted = _wanted_locale(fields.pop("locale", None), profile)
     rendered = rendering.render(template.locales, template.default_locale, wanted, variables)
     try:
         texts = schemas.rendered_fields(channel, rendered.texts)
@@ -135,11 +248,10 @@ def _rendered(channel: str, fields: dict[str, Any]) -> dict[str, Any]:
     return {**fields, **texts, "template": name, "locale": rendered.locale}
 
 
-def _wanted_locale(requested: str | None, recipient_id: str) -> str | None:
-    """The locale a notification asks for: the request's, else the recipient's (issue 13), else none."""
-    # The one place a recipient profile's locale is to be consulted, once recipients have profiles;
-    # the template's own fallback (pl-PL, pl, its default) is rendering.choose_locale's.
-    return requested
+def _wanted_locale(requested: str | None, profile: Recipient | None) -> str | None:
+    """The locale a notification asks for: the request's, else the recipient's, else none."""
+    # The template's own fallback (pl-PL, pl, its default) is rendering.choose_locale's.
+    return requested or (profile.locale if profile is not None else None)
 
 
 def _ids_for(key: RequestKey, count: int) -> tuple[list[str], bool]:
@@ -160,11 +272,15 @@ def _ids_for(key: RequestKey, count: int) -> tuple[list[str], bool]:
         generation += 1
 
 
-def _store(rows: list[dict[str, Any]], ids: list[str] | None, *, batch: bool) -> list[str]:
+def _store(
+    rows: list[dict[str, Any]], ids: list[str] | None, *, batch: bool, opted_out: dict[int, str]
+) -> list[str]:
     """Store accepted rows, under ``ids`` if given; wake the schedulers if one falls due soon.
 
     A batch is stored all or none, in a transaction of its own; a single row commits together with
-    those other threads of this process store at the same time (see ingest.create).
+    those other threads of this process store at the same time (see ingest.create). The rows at
+    the indexes ``opted_out`` names are then cancelled for the reason it gives: their recipients
+    opted out (accepted all the same, so that senders need no special case).
     """
     host = current_app.config["HOSTNAME"]
     if batch:
@@ -172,7 +288,9 @@ def _store(rows: list[dict[str, Any]], ids: list[str] | None, *, batch: bool) ->
     else:
         (row,) = rows
         ids = [ingest.create(host=host, id=ids[0] if ids else None, **row)]
-    scheduler.wake(row["due_at"] for row in rows)
+    if opted_out:
+        transitions.opt_out({ids[index]: reason for index, reason in opted_out.items()}, host=host)
+    scheduler.wake(row["due_at"] for index, row in enumerate(rows) if index not in opted_out)
     for channel, count in Counter(row["channel"] for row in rows).items():
         prometheus.ACCEPTED_BY_CHANNEL[channel].inc(count)
     return ids

@@ -1,8 +1,9 @@
-"""Limits on what a client sends, beyond what a schema's types say: text, recipients, `data`, JSON depth."""
+"""Limits on what a client sends beyond what a schema's types say: text, ids, `data`, depth, categories."""
 
 from __future__ import annotations
 
 import json
+import re
 import typing
 from typing import Any
 
@@ -69,3 +70,16 @@ def encodable(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+_CATEGORY = re.compile(r"[a-z0-9_.-]{1,64}")
+
+
+def is_category(value: str) -> bool:
+    """A notification category: 1-64 characters of ``[a-z0-9_.-]``."""
+    return _CATEGORY.fullmatch(value) is not None
+
+
+def category_name(value: str) -> None:
+    if not is_category(value):
+        raise ValidationError("Must be 1-64 characters of a-z, 0-9, '_', '.' and '-'.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -76,6 +77,8 @@ class Service:
             "TMPDIR": str(workdir),  # where run_workers.sh keeps each channel's metrics directory
             "PROMETHEUS_MULTIPROC_DIR": str(workdir / "api-metrics"),
             "PUSH_METRICS_PORT": str(free_port()),
+            # With a broker a key must be set; the API and the workers sign and check with the same.
+            "SECRET_KEY": os.environ.get("SECRET_KEY") or secrets.token_hex(32),
             "EMAIL_METRICS_PORT": str(free_port()),
             **({} if as_deployed else TEST_SETTINGS),
             **settings,

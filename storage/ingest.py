@@ -21,12 +21,12 @@ _CREATE_COLUMNS = (
     "id", "channel", "recipient_id", "content", "subject", "title", "data", "timezone", "scheduled_time",
     "appropriate_delivery", "due_at", "status", "attempt_count", "attempts_at_force", "forced",
     "message_seq", "api_host", "created_at", "updated_at", "html", "template", "locale", "ttl", "urgency",
-    "collapse_key",
+    "collapse_key", "category",
 )  # fmt: skip
 
 # What a notification starts with, besides what the client sent and when and where it was accepted.
 _NEW_ROW = {
-    "subject": None, "title": None, "data": None, "status": PENDING, "attempt_count": 0,
+    "subject": None, "title": None, "data": None, "category": None, "status": PENDING, "attempt_count": 0,
     "attempts_at_force": 0, "forced": False, "message_seq": 0, "html": None, "template": None,
     "locale": None, "ttl": None, "urgency": None, "collapse_key": None,
 }  # fmt: skip
@@ -120,7 +120,7 @@ def _pg_copy(ids: list[str], rows: list[dict[str, Any]], *, host: str, now: dt.d
 
     Each line is written for the columns' known types: the client's text escaped, the rest as it is
     (a channel, an IANA zone name, numbers, naive UTC datetimes, an urgency and a collapse key of the
-    base64url alphabet hold no character to escape).
+    base64url alphabet hold no character to escape; a category is escaped all the same, as the client's).
     """
     accepted = f"\t{PENDING}\t0\t0\tf\t0\t{_copy_text(host)}\t{now}\t{now}\t"
     data = Notification.data.db_value
@@ -130,7 +130,8 @@ def _pg_copy(ids: list[str], rows: list[dict[str, Any]], *, host: str, now: dt.d
         f"{_copy_text(data(row.get('data')))}\t{row['timezone']}\t{row['scheduled_time']}\t"
         f"{'t' if row['appropriate_delivery'] else 'f'}\t{row['due_at']}{accepted}"
         f"{_copy_text(row.get('html'))}\t{_copy_text(row.get('template'))}\t{_copy_text(row.get('locale'))}\t"
-        f"{_copy_plain(row.get('ttl'))}\t{_copy_plain(row.get('urgency'))}\t{_copy_plain(row.get('collapse_key'))}\n"
+        f"{_copy_plain(row.get('ttl'))}\t{_copy_plain(row.get('urgency'))}\t{_copy_plain(row.get('collapse_key'))}\t"
+        f"{_copy_text(row.get('category'))}\n"
         for nid, row in zip(ids, rows, strict=True)
     ]
     with peewee.__exception_wrapper__:  # type: ignore[attr-defined]

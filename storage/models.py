@@ -1,5 +1,5 @@
-"""The tables: notifications, their events, the schedulers' passes, worker processes, request guards,
-templates, recipients' devices and each notification's deliveries to them."""
+"""The tables: notifications, their events, recipients, the schedulers' passes, worker processes,
+request guards, templates, recipients' devices and each notification's deliveries to them."""
 
 from __future__ import annotations
 
@@ -47,6 +47,8 @@ class Notification(BaseModel):
     # The template the texts were rendered from when accepted, and the locale of it used.
     template = peewee.CharField(max_length=100, null=True)
     locale = peewee.CharField(max_length=35, null=True)
+    # What kind of notification it is, for the recipient's preferences ("marketing", "security").
+    category = peewee.CharField(max_length=64, null=True)
     timezone = peewee.CharField(max_length=64)
     # The instant the client asked for, and the instant it is due (moved into appropriate hours).
     scheduled_time = peewee.DateTimeField()
@@ -80,6 +82,21 @@ class Notification(BaseModel):
             (("recipient_id", "created_at"), False),
             (("updated_at",), False),
         )
+
+
+class Recipient(BaseModel):
+    """A recipient's profile; its id is the ``recipient_id`` notifications carry."""
+
+    id = peewee.CharField(max_length=320, primary_key=True)
+    email = peewee.CharField(max_length=254, null=True)
+    timezone = peewee.CharField(max_length=64, null=True)
+    locale = peewee.CharField(max_length=64, null=True)
+    # {"start": "HH:MM", "end": "HH:MM", "days": ["mon", ...]}: replaces the appropriate hours.
+    delivery_window = JSONField(null=True)
+    # {"channels": {channel: bool}, "categories": {category: {channel: bool}}}
+    preferences = JSONField(null=True)
+    created_at = peewee.DateTimeField(index=True)
+    updated_at = peewee.DateTimeField()
 
 
 class NotificationEvent(BaseModel):

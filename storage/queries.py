@@ -91,3 +91,20 @@ def history(notification_id: Any) -> list[NotificationEvent]:
         .order_by(NotificationEvent.at, NotificationEvent.id)
     )
     return created + list(later)
+
+
+def awaiting_delivery(recipient_id: str) -> list[Notification]:
+    """The recipient's Pending notifications not forced: what a change of their window moves."""
+    return list(
+        Notification.select(
+            Notification.id,
+            Notification.scheduled_time,
+            Notification.timezone,
+            Notification.due_at,
+            Notification.message_seq,
+        ).where(
+            (Notification.recipient_id == recipient_id)
+            & (Notification.status == PENDING)
+            & (Notification.forced == False)  # noqa: E712  (peewee builds SQL from ==)
+        )
+    )

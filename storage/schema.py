@@ -14,6 +14,7 @@ from storage.models import (
     Notification,
     NotificationEvent,
     RateLimitWindow,
+    Recipient,
     SchedulerPass,
     Template,
     WorkerProcess,
@@ -116,6 +117,11 @@ def _add_devices(database: peewee.Database) -> None:
     _add_column(database, "notification", "collapse_key", "VARCHAR(32)")
 
 
+def _add_recipients(database: peewee.Database) -> None:
+    database.create_tables([Recipient], safe=True)
+    _add_column(database, "notification", "category", "VARCHAR(64) NULL")
+
+
 def _rename_column(database: peewee.Database, table: str, old: str, new: str) -> None:
     if old in {column.name for column in database.get_columns(table)}:
         database.execute_sql(f"ALTER TABLE {table} RENAME COLUMN {old} TO {new}")
@@ -132,6 +138,7 @@ MIGRATIONS: list[Callable[[peewee.Database], None]] = [
     _add_html_part,
     _add_templates,
     _add_devices,
+    _add_recipients,
 ]
 
 

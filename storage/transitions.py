@@ -47,6 +47,7 @@ class Claimed(NamedTuple):
     ttl: int | None = None
     urgency: str | None = None
     collapse_key: str | None = None
+    category: str | None = None
 
 
 # Claimed's columns, in its order; the id as text, as every caller wants it.
@@ -55,6 +56,35 @@ _CLAIMED_COLUMNS = "n.id::text, " + ", ".join(f"n.{name}" for name in Claimed._f
 
 def _conflict_or_missing(notification_id: Any, action: str, allowed: Iterable[str]) -> TransitionConflict:
     return TransitionConflict(action, get(notification_id).status, allowed)
+
+
+def opt_out(reasons: Mapping[Any, str], *, host: str) -> None:
+    """Cancel just-accepted Pending rows, each for the reason given: their recipient opted out."""
+    now = utcnow()
+    with db.atomic():
+        for notification_id, reason in reasons.items():
+            if (
+                Notification.update(status=CANCELLED, last_error=reason, lease_until=None, updated_at=now)
+                .where((Notification.id == notification_id) & (Notification.status == PENDING))
+                .execute()
+            ):
+                events.record(notification_id, "cancelled", host, detail=reason, at=now)
+
+
+def mark_opted_out(notification_id: Any, seq: int, *, host: str, reason: str) -> bool:
+    """Cancel a claimed row without sending it: its recipient opted out since it was accepted."""
+    with db.atomic():
+        done = _finish(
+            notification_id,
+            seq,
+            status=CANCELLED,
+            last_error=reason,
+            lease_until=None,
+            attempt_count=Notification.attempt_count - 1,  # claimed, not attempted
+        )
+        if done:
+            events.record(notification_id, "cancelled", host, detail=reason)
+    return done
 
 
 def cancel(notification_id: Any, *, host: str) -> Notification:
@@ -297,3 +327,42 @@ def _release(
         if done:
             events.record(notification_id, kind, host, detail=detail, at=now)
     return done
+
+
+class Replan(NamedTuple):
+    """A Pending notification's new due time, for the message number it was read with."""
+
+    seq: int
+    due_at: dt.datetime
+    appropriate_delivery: bool
+
+
+def reschedule(plans: Mapping[Any, Replan], *, host: str) -> set[str]:
+    """Move Pending, unforced rows to new due times; return the ids moved.
+
+    Each row gets a new message number with no message behind it, so that one already queued for
+    it does nothing and the scheduler publishes it again when it falls due.
+    """
+    now = utcnow()
+    moved = set()
+    with db.atomic():
+        for notification_id, plan in plans.items():
+            if (
+                Notification.update(
+                    due_at=plan.due_at,
+                    appropriate_delivery=plan.appropriate_delivery,
+                    message_seq=Notification.message_seq + 1,
+                    lease_until=None,
+                    updated_at=now,
+                )
+                .where(
+                    (Notification.id == notification_id)
+                    & (Notification.status == PENDING)
+                    & (Notification.message_seq == plan.seq)
+                    & (Notification.forced == False)  # noqa: E712  (peewee builds SQL from ==)
+                )
+                .execute()
+            ):
+                moved.add(str(notification_id))
+        events.record_many(moved, "rescheduled", host, at=now)
+    return moved

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import uuid
 
 # Before any project module reads settings: the embedded broker and a scratch outbox.
 for _name in ("BROKER_URL", "CLOUDAMQP_URL", "SMTP_URL", "PUSH_WEBHOOK_URL", "API_KEYS"):
@@ -48,6 +49,7 @@ def _push_settings() -> dict[str, str]:
     }
 
 
+os.environ.setdefault("SECRET_KEY", "test-secret-key-of-this-run-0123456789")
 # The actors read their retry backoff at import: 10 ms for the workers in this process, so that the
 # in-process delivery tests retry in milliseconds; and the push settings above. Taken out again once
 # read, so that the service processes tests start keep the defaults or set their own.
@@ -125,6 +127,31 @@ def app(tmp_path):
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+API_KEY = "test-key-0123456789"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def keyed_client(request, tmp_path):
+    """A client presenting an API key to an app with keys set, on SQLite and on PostgreSQL.
+
+    The PostgreSQL database is the run's: a test names its recipients uniquely (``recipient_id``).
+    """
+    sqlite = f"sqlite:///{tmp_path}/api.db"
+    url = sqlite if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    app = create_app({"TESTING": True, "DATABASE_URL": url, "RUN_WORKERS": False, "API_KEYS": (API_KEY,)})
+    client = app.test_client()
+    client.environ_base["HTTP_X_API_KEY"] = API_KEY
+    with app.app_context():
+        yield client
+    storage.db.close()
+
+
+@pytest.fixture
+def recipient_id():
+    """A recipient id of this test's own."""
+    return f"user-{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture

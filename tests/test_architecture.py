@@ -9,7 +9,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGES = ("api", "actors", "storage")
-TOP_MODULES = ("settings", "logs")
+TOP_MODULES = ("settings", "logs", "unsubscribe")
 
 
 def _module_name(path: pathlib.Path) -> str:

@@ -20,6 +20,10 @@ class Envelope:
     title: str | None = None
     data: dict[str, Any] | None = field(default=None)
     html: str | None = None  # email: the HTML alternative to ``content``
+    # Where an email goes when the recipient id is not the address itself: the profile's.
+    address: str | None = None
+    # An email's one-click unsubscribe link (RFC 8058), if it has one.
+    unsubscribe_url: str | None = None
 
 
 class DeliveryError(Exception):

@@ -9,7 +9,9 @@ import socket
 import ssl
 from collections.abc import Sequence
 from email.message import EmailMessage
+from email.policy import EmailPolicy
 from email.utils import formatdate, getaddresses, parseaddr
+from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from actors.providers.base import Envelope, PermanentDeliveryError, TransientDeliveryError
@@ -35,11 +37,36 @@ def message_id_for(notification_id: str, sender: str) -> str:
 
 def recipient_address(envelope: Envelope) -> str:
     """The one address an envelope goes to; PermanentDeliveryError if it is not exactly one."""
-    recipient = envelope.recipient_id.strip()
+    recipient = (envelope.address or envelope.recipient_id).strip()
     addresses = getaddresses([recipient]) if not _CONTROL_CHARS.search(recipient) else []
-    if len(addresses) != 1 or not addresses[0][1]:
-        raise PermanentDeliveryError(f"invalid email recipient {envelope.recipient_id!r}")
+    # A recipient id without "@" is no address: its profile lost the email it had at acceptance.
+    if len(addresses) != 1 or "@" not in addresses[0][1]:
+        raise PermanentDeliveryError(f"invalid email recipient {envelope.address or envelope.recipient_id!r}")
     return addresses[0][1]
+
+
+# Headers whose value is one <URL> a mail client must read as it is. The default policy folds a long
+# header and, a URL having no space to fold at, RFC 2047-encodes it instead: no client follows that.
+_LINKS = frozenset({"list-unsubscribe"})
+# RFC 5322's limit for a line, the header's name included.
+_MAX_LINE = 998
+
+
+class _LinkPolicy(EmailPolicy):
+    """The default policy, but headers in _LINKS are written as they are, on one line."""
+
+    def fold(self, name: str, value: Any) -> str:
+        if name.lower() in _LINKS:
+            return f"{name}: {value}{self.linesep}"
+        return super().fold(name, value)
+
+    def fold_binary(self, name: str, value: Any) -> bytes:
+        if name.lower() in _LINKS:
+            return f"{name}: {value}{self.linesep}".encode("ascii")
+        return super().fold_binary(name, value)
+
+
+_POLICY = _LinkPolicy()
 
 
 def build_message(envelope: Envelope, sender: str) -> EmailMessage:
@@ -48,16 +75,32 @@ def build_message(envelope: Envelope, sender: str) -> EmailMessage:
     With an HTML part it is multipart/alternative, the text first: readers show the last part they can.
     """
     recipient_address(envelope)
-    message = EmailMessage()
+    message = EmailMessage(policy=_POLICY)
     message["From"] = _one_line(sender)
-    message["To"] = envelope.recipient_id.strip()
+    message["To"] = (envelope.address or envelope.recipient_id).strip()
     message["Subject"] = _one_line(envelope.subject or "") or "Notification"
     message["Date"] = formatdate(usegmt=True)
     message["Message-ID"] = message_id_for(envelope.notification_id, sender)
+    _add_unsubscribe(message, envelope)
     message.set_content(envelope.content)
     if envelope.html:
         message.add_alternative(envelope.html, subtype="html")
     return message
+
+
+def _add_unsubscribe(message: EmailMessage, envelope: Envelope) -> None:
+    """RFC 2369's List-Unsubscribe with RFC 8058's one-click POST, when the envelope has a link."""
+    url = envelope.unsubscribe_url
+    if not url:
+        return
+    if not url.isascii() or _CONTROL_CHARS.search(url) or len("List-Unsubscribe: <>") + len(url) > _MAX_LINE:
+        # Only a recipient id of hundreds of non-ASCII characters makes a token this long.
+        logger.warning(
+            "No List-Unsubscribe for %s: its link is not one short ASCII line", envelope.notification_id
+        )
+        return
+    message["List-Unsubscribe"] = f"<{url}>"
+    message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
 
 
 class RelayRefused(PermanentDeliveryError):

@@ -15,7 +15,7 @@ import actors
 from actors import queues
 from api.dashboard import charts
 from api.dashboard.blueprint import blp
-from storage import deliveries, devices, metrics, queries, workers
+from storage import deliveries, devices, metrics, queries, recipients, workers
 from storage.clock import utcnow
 from storage.models import CHANNELS, FAILED, PENDING, PROCESSING
 
@@ -111,6 +111,8 @@ def recipient(recipient_id: str) -> str:
     return render_template(
         "dashboard/recipient.html",
         recipient_id=recipient_id,
+        profile=recipients.find(recipient_id),
+        channels=CHANNELS,
         devices=devices.of_recipient(recipient_id),
         recent=list(queries.listing(recipient_id=recipient_id).limit(PAGE_SIZE)),
     )
