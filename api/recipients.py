@@ -14,7 +14,7 @@ from marshmallow import Schema, ValidationError, fields, validate, validates
 from api import usecases
 from api.schemas import TimezoneField
 from api.validation import JsonParser, Text, category_name, printable
-from storage import recipients
+from storage import devices, recipients
 from storage.models import CHANNELS, Recipient
 
 blp = Blueprint("recipients", __name__, url_prefix="/recipients", description="Recipients' profiles")
@@ -105,6 +105,10 @@ class RecipientSchema(Schema):
     preferences = fields.Dict(allow_none=True)
     created_at = _utc("created_at")
     updated_at = _utc("updated_at")
+    devices = fields.Method("_devices", metadata={"description": "how many devices it has registered"})
+
+    def _devices(self, recipient: Recipient) -> int:
+        return devices.count_of(recipient.id)
 
 
 class RecipientList(Schema):

@@ -85,6 +85,11 @@ def of_recipient(recipient_id: str) -> list[Device]:
     )
 
 
+def count_of(recipient_id: str) -> int:
+    """How many devices a recipient has registered, active and disabled."""
+    return int(Device.select().where(Device.recipient_id == recipient_id).count())
+
+
 def delete(recipient_id: str, device_id: Any) -> None:
     """Forget a recipient's device; ``DeviceNotFound`` when it is not theirs (or not at all)."""
     theirs = (Device.id == device_id) & (Device.recipient_id == recipient_id)

@@ -38,6 +38,7 @@ def test_put_creates_then_replaces(client, rid):
         "id": rid,
         "created_at": created.json["created_at"],
         "updated_at": created.json["updated_at"],
+        "devices": 0,
     }
     replaced = client.put(f"/recipients/{rid}", json={"timezone": "Asia/Tokyo"})
     assert replaced.status_code == 200
@@ -65,6 +66,16 @@ def test_patch_without_a_profile_is_404(client, rid):
     response = client.patch(f"/recipients/{rid}", json={"locale": "en"})
     assert response.status_code == 404
     assert client.get(f"/recipients/{rid}").status_code == 404
+
+
+def test_the_profile_counts_the_recipients_devices(client, rid):
+    client.put(f"/recipients/{rid}", json={"timezone": "Europe/Warsaw"})
+    for token in ("fcm-token-one", "fcm-token-two"):
+        response = client.post(f"/recipients/{rid}/devices", json={"kind": "fcm", "token": f"{token}-{rid}"})
+        assert response.status_code == 201, response.json
+    assert client.get(f"/recipients/{rid}").json["devices"] == 2
+    (listed,) = [r for r in client.get("/recipients?limit=1000").json["recipients"] if r["id"] == rid]
+    assert listed["devices"] == 2
 
 
 def test_get_without_a_profile_is_404(client, rid):
