@@ -77,6 +77,7 @@ class Service:
             "PROMETHEUS_MULTIPROC_DIR": str(workdir / "api-metrics"),
             "PUSH_METRICS_PORT": str(free_port()),
             "EMAIL_METRICS_PORT": str(free_port()),
+            "WEBHOOKS_METRICS_PORT": str(free_port()),
             **({} if as_deployed else TEST_SETTINGS),
             **settings,
         }

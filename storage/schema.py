@@ -13,6 +13,7 @@ from storage.models import (
     NotificationEvent,
     RateLimitWindow,
     SchedulerPass,
+    StatusEvent,
     Template,
     WorkerProcess,
 )
@@ -105,6 +106,10 @@ def _add_column(database: peewee.Database, table: str, column: str, definition: 
         database.execute_sql(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
 
+def _add_status_events(database: peewee.Database) -> None:
+    database.create_tables([StatusEvent], safe=True)
+
+
 def _rename_column(database: peewee.Database, table: str, old: str, new: str) -> None:
     if old in {column.name for column in database.get_columns(table)}:
         database.execute_sql(f"ALTER TABLE {table} RENAME COLUMN {old} TO {new}")
@@ -120,6 +125,7 @@ MIGRATIONS: list[Callable[[peewee.Database], None]] = [
     _name_the_message_numbers,
     _add_html_part,
     _add_templates,
+    _add_status_events,
 ]
 
 

@@ -12,7 +12,7 @@ import datetime as dt
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
-from storage import events
+from storage import events, status_events
 from storage.clock import utcnow
 from storage.database import db, is_postgres
 from storage.models import CANCELLED, DELIVERED, FAILED, PENDING, PROCESSING, Notification
@@ -67,6 +67,7 @@ def cancel(notification_id: Any, *, host: str) -> Notification:
         if not rows:
             raise _conflict_or_missing(notification_id, "cancel", [PENDING])
         events.record(notification_id, "cancelled", host, at=now)
+        status_events.record(rows)
     return rows[0]
 
 
@@ -122,24 +123,28 @@ WITH wanted AS (
 SELECT {_CLAIMED_COLUMNS} FROM claimed n ORDER BY n.due_at, n.id
 """
 
-_PG_DELIVERED = """
+_PG_DELIVERED = (
+    """
 WITH wanted AS (
     SELECT * FROM unnest(%s::uuid[], %s::int[], %s::text[]) AS w(id, seq, detail)
 ), locked AS (
     SELECT id, status, message_seq FROM notification WHERE id = ANY(%s::uuid[])
     ORDER BY id
     FOR UPDATE
-), delivered AS (
+), changed AS (
     UPDATE notification n
     SET status = 'Delivered', delivered_at = %s, lease_until = NULL, updated_at = %s
     FROM locked JOIN wanted ON locked.id = wanted.id AND locked.message_seq = wanted.seq
     WHERE n.id = locked.id AND locked.status = 'Processing'
-    RETURNING n.id, n.delivered_at, wanted.detail
-)
+    RETURNING n.*, wanted.detail
+),"""
+    + status_events.PG_RECORD_CTE
+    + """
 INSERT INTO notification_event (notification_id, kind, at, host, detail)
-SELECT id, 'delivered', delivered_at, %s, detail FROM delivered
+SELECT id, 'delivered', delivered_at, %s, detail FROM changed
 RETURNING notification_id
 """
+)
 
 
 def _pg_arrays(seqs: Mapping[Any, int]) -> tuple[list[str], list[int]]:
@@ -228,7 +233,9 @@ def mark_delivered(
     if is_postgres():
         ids, numbers = _pg_arrays(seqs)
         texts = [details.get(nid) for nid in ids]
-        cursor = db.execute_sql(_PG_DELIVERED, (ids, numbers, texts, ids, now, now, host))
+        cursor = db.execute_sql(
+            _PG_DELIVERED, (ids, numbers, texts, ids, now, now, status_events.enabled(), host)
+        )
         return {str(row[0]) for row in cursor.fetchall()}
     done = set()
     with db.atomic():
@@ -237,6 +244,8 @@ def mark_delivered(
                 done.add(str(notification_id))
         for notification_id in done:
             events.record(notification_id, "delivered", host, detail=details.get(notification_id), at=now)
+        if done and status_events.enabled():
+            status_events.record(Notification.select().where(Notification.id.in_(list(done))))
     return done
 
 
@@ -245,6 +254,8 @@ def mark_failed(notification_id: Any, seq: int, *, host: str, error: str) -> boo
         done = _finish(notification_id, seq, status=FAILED, last_error=error, lease_until=None)
         if done:
             events.record(notification_id, "failed", host, detail=error)
+            if status_events.enabled():
+                status_events.record([get(notification_id)])
     return done
 
 

@@ -69,7 +69,7 @@ def database_url(request, tmp_path):
     url = request.getfixturevalue("postgres_url")
     storage.configure(url)
     with storage.db.connection_context():
-        storage.db.execute_sql("TRUNCATE notification, notification_event, worker_process")
+        storage.db.execute_sql("TRUNCATE notification, notification_event, worker_process, status_event")
     return url
 
 
