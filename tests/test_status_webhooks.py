@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 
 import pytest
@@ -189,3 +190,24 @@ def test_every_event_arrives_through_a_killed_worker_and_a_receiver_down(
             assert len(ids) == len(accepted)
         finally:
             service.close()
+
+
+def test_the_dashboard_shows_failed_events_and_sends_one_again(app, client, receiver, monkeypatch):
+    monkeypatch.setattr(settings, "STATUS_WEBHOOK_MAX_AGE", 1.0)
+    monkeypatch.setattr(settings, "RETRY_DELAY", 5.0)
+    with app.app_context():
+        receiver.script(500)
+        _deliver(factories.make())
+        _send_due()
+        (event,) = status_events.failed()
+    page = client.get("/dashboard/webhooks").text
+    assert "notification.delivered" in page and "status webhook answered 500" in page
+    csrf = re.search(r'name="csrf_token" value="([0-9a-f]{64})"', page)[1]
+    answer = client.post(f"/dashboard/webhooks/{event.id}/send-again", data={"csrf_token": csrf})
+    assert answer.status_code == 303
+    with app.app_context():
+        assert StatusEvent.get().status == EVENT_PENDING
+        _send_due()
+        assert StatusEvent.get().status == EVENT_SENT
+    again = client.post(f"/dashboard/webhooks/{event.id}/send-again", data={"csrf_token": csrf})
+    assert "is+not+a+failed+one" in again.headers["Location"]

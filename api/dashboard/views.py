@@ -15,7 +15,7 @@ import actors
 from actors import queues
 from api.dashboard import charts
 from api.dashboard.blueprint import blp
-from storage import metrics, queries, workers
+from storage import metrics, queries, status_events, workers
 from storage.clock import utcnow
 from storage.models import CHANNELS, FAILED, PENDING, PROCESSING
 
@@ -101,6 +101,11 @@ def notification(notification_id: UUID) -> str:
     return render_template(
         "dashboard/notification.html", n=found, history=list(queries.history(notification_id))
     )
+
+
+@blp.get("/webhooks")
+def status_webhooks() -> str:
+    return render_template("dashboard/webhooks.html", events=status_events.failed())
 
 
 @blp.errorhandler(peewee.OperationalError)
