@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import os
 import re
 import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -13,7 +17,7 @@ from actors import status_webhooks
 from actors.scheduler import status_events as publishing
 from harness import factories
 from harness.faults import accept_batch
-from harness.processes import Service
+from harness.processes import ROOT, Service
 from harness.receivers import PushReceiver
 from harness.status_webhooks import SECRET, verified
 from harness.waiting import wait_until
@@ -211,3 +215,35 @@ def test_the_dashboard_shows_failed_events_and_sends_one_again(app, client, rece
         assert StatusEvent.get().status == EVENT_SENT
     again = client.post(f"/dashboard/webhooks/{event.id}/send-again", data={"csrf_token": csrf})
     assert "is+not+a+failed+one" in again.headers["Location"]
+
+
+def _settings_with(**env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", "import settings"],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "",
+        "not-a-secret",
+        "whsec_!!!",
+        "whsec_" + base64.b64encode(b"short").decode(),
+        SECRET.replace("whsec", "wh"),
+    ],
+)
+def test_a_bad_or_missing_secret_stops_start_up_naming_it(secret):
+    result = _settings_with(STATUS_WEBHOOK_URL="http://127.0.0.1:9/hooks", STATUS_WEBHOOK_SECRET=secret)
+    assert result.returncode != 0
+    assert "STATUS_WEBHOOK_SECRET" in result.stderr
+
+
+def test_a_good_secret_starts():
+    result = _settings_with(STATUS_WEBHOOK_URL="http://127.0.0.1:9/hooks", STATUS_WEBHOOK_SECRET=SECRET)
+    assert result.returncode == 0, result.stderr
