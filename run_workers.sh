@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Start Dramatiq workers: `./run_workers.sh` for both channels, `./run_workers.sh push` or
-# `./run_workers.sh email` for one. Each channel's worker also runs a scheduler for that channel.
+# `./run_workers.sh email` for one; `webhooks` sends the status webhooks' events (started by default
+# when STATUS_WEBHOOK_URL is set). Each channel's
+# worker also runs a scheduler for that channel, the webhooks worker the pass publishing due events.
 # Processes and threads come from WORKER_PROCESSES / WORKER_THREADS; SIGTERM finishes the work in
 # flight and stops. A worker that exits abnormally (the broker or the database unreachable at
 # start-up, a crashed process) is restarted with backoff. Each channel's workers serve their
@@ -10,11 +12,10 @@ set -u
 cd "$(dirname "$0")"
 
 channels=("$@")
-[ ${#channels[@]} -eq 0 ] && channels=(push email)
 for channel in "${channels[@]}"; do
   case "$channel" in
-    push | email) ;;
-    *) echo "usage: $0 [push] [email]" >&2; exit 2 ;;
+    push | email | webhooks) ;;
+    *) echo "usage: $0 [push] [email] [webhooks]" >&2; exit 2 ;;
   esac
 done
 
@@ -24,15 +25,21 @@ export dramatiq_worker_timeout=100
 # Validate the configuration once, with a message naming a bad variable.
 # settings.py is the one reader of the environment; it also fails with the bad variable's name.
 config=$(python -c "import settings as s
-print(s.WORKER_PROCESSES, s.WORKER_THREADS, s.PUSH_METRICS_PORT, s.EMAIL_METRICS_PORT)") || exit 2
-read -r processes threads push_port email_port <<<"$config"
+print(s.WORKER_PROCESSES, s.WORKER_THREADS, s.PUSH_METRICS_PORT, s.EMAIL_METRICS_PORT, s.WEBHOOKS_METRICS_PORT,
+      int(bool(s.STATUS_WEBHOOK_URL)))") || exit 2
+read -r processes threads push_port email_port webhooks_port status_webhooks <<<"$config"
+# By default every channel, and the status webhooks when they are configured.
+if [ ${#channels[@]} -eq 0 ]; then
+  channels=(push email)
+  [ "$status_webhooks" = 1 ] && channels+=(webhooks)
+fi
 
 USER_ID=$(id -u)
 stopping=0
 pids=()
 
 metrics_port() {
-  if [ "$1" = push ]; then echo "$push_port"; else echo "$email_port"; fi
+  case "$1" in push) echo "$push_port" ;; email) echo "$email_port" ;; *) echo "$webhooks_port" ;; esac
 }
 
 supervise() {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import os
 import re
@@ -142,6 +144,23 @@ def _vapid_subject(name: str, default: str) -> str:
 _periods = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 
 
+def _webhook_secret(name: str, *, required: bool) -> str:
+    """A Standard Webhooks secret: ``whsec_`` and the base64 of at least 24 bytes."""
+    value = _env(name, "")
+    if not value:
+        if required:
+            raise SettingsError(f"{name} must be set when STATUS_WEBHOOK_URL is")
+        return ""
+    prefix, _, encoded = value.partition("_")
+    try:
+        key = base64.b64decode(encoded, validate=True)
+    except binascii.Error:
+        key = b""
+    if prefix != "whsec" or len(key) < 24:
+        raise SettingsError(f"{name} must be whsec_ followed by the base64 of at least 24 bytes")
+    return value
+
+
 def _rate(name: str) -> tuple[int, int] | None:
     """``<count>/<second|minute|hour|day>`` as (count, seconds); empty means no limit."""
     raw = _env(name, "")
@@ -235,6 +254,14 @@ PUSH_WEBHOOK_URL: str = _url("PUSH_WEBHOOK_URL", "", ("http", "https"))
 PUSH_TIMEOUT: float = _float("PUSH_TIMEOUT", 10.0, minimum=0.1)
 OUTBOX_DIR: str = _env("OUTBOX_DIR", "var/outbox")
 
+# Status webhooks (Standard Webhooks): an event POSTed to STATUS_WEBHOOK_URL for each notification
+# that becomes Delivered, Failed or Cancelled, signed with STATUS_WEBHOOK_SECRET, retried for up to
+# STATUS_WEBHOOK_MAX_AGE seconds. Unset URL: no events are written.
+STATUS_WEBHOOK_URL: str = _url("STATUS_WEBHOOK_URL", "", ("http", "https"))
+STATUS_WEBHOOK_SECRET: str = _webhook_secret("STATUS_WEBHOOK_SECRET", required=bool(STATUS_WEBHOOK_URL))
+STATUS_WEBHOOK_MAX_AGE: float = _float("STATUS_WEBHOOK_MAX_AGE", 86400.0, minimum=1.0)
+STATUS_WEBHOOK_TIMEOUT: float = _float("STATUS_WEBHOOK_TIMEOUT", 10.0, minimum=0.1)
+
 # Access: with API keys set, every endpoint but /health needs one (never logged, compared in constant time).
 API_KEYS: tuple[str, ...] = _api_keys("API_KEYS")
 # HTTP Basic password for /dashboard, accepted besides the API keys; empty means keys only.
@@ -288,6 +315,7 @@ PROMETHEUS_MULTIPROC_DIR: str = _env("PROMETHEUS_MULTIPROC_DIR", "")
 WORKER_HEARTBEAT_INTERVAL: float = _float("WORKER_HEARTBEAT_INTERVAL", 10.0, minimum=0.1)
 PUSH_METRICS_PORT: int = _int("PUSH_METRICS_PORT", 5001, minimum=1, maximum=65535)
 EMAIL_METRICS_PORT: int = _int("EMAIL_METRICS_PORT", 5002, minimum=1, maximum=65535)
+WEBHOOKS_METRICS_PORT: int = _int("WEBHOOKS_METRICS_PORT", 5003, minimum=1, maximum=65535)
 
 LOG_LEVEL: str = _env("LOG_LEVEL", "INFO").upper()
 if LOG_LEVEL not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):

@@ -13,11 +13,13 @@ import settings
 import storage
 from actors import EMBEDDED, broker
 from actors import delivery as delivery  # registers the actors
+from actors import status_webhooks as status_webhooks
 from actors.heartbeat import Heartbeat
 from actors.logcontext import LogContext
 from actors.metrics import DeliveryMetrics
 from actors.rabbitmq import QueueMismatch, RabbitmqBroker
 from actors.scheduler import SchedulerMiddleware
+from actors.scheduler.status_events import EventPublisherMiddleware
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +41,7 @@ if isinstance(broker, RabbitmqBroker):
 storage.configure(settings.DATABASE_URL)
 broker.add_middleware(LogContext())
 broker.add_middleware(SchedulerMiddleware())
+broker.add_middleware(EventPublisherMiddleware())
 broker.add_middleware(Heartbeat())
 if settings.METRICS_ENABLED:
     broker.add_middleware(Prometheus())

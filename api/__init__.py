@@ -23,6 +23,7 @@ from actors.heartbeat import Heartbeat
 from actors.logcontext import LogContext
 from actors.metrics import DeliveryMetrics
 from actors.scheduler import SchedulerMiddleware
+from actors.scheduler.status_events import EventPublisherMiddleware
 from api import (
     auth,
     dashboard,
@@ -121,7 +122,7 @@ def _start_embedded_workers(*middleware: dramatiq.Middleware) -> None:
     released = schedule.release_all()
     if released:
         logger.info("Publishing again %d notifications accepted before the restart", released)
-    for extra in (LogContext(), SchedulerMiddleware(), Heartbeat(), *middleware):
+    for extra in (LogContext(), SchedulerMiddleware(), EventPublisherMiddleware(), Heartbeat(), *middleware):
         broker.add_middleware(extra)
     worker = dramatiq.Worker(broker, worker_threads=settings.WORKER_THREADS, worker_timeout=100)
     worker.start()

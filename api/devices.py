@@ -15,10 +15,10 @@ from flask_smorest import Blueprint, abort
 from marshmallow import Schema, ValidationError, fields, post_dump, validate, validates, validates_schema
 
 from actors.providers import endpoints, missing_settings
-from api.schemas import _utc
 from api.validation import JsonParser, Text
 from storage import devices
 from storage.models import DEVICE_KINDS, Device
+from storage.representation import utc_column
 
 blp = Blueprint("devices", __name__, description="Recipients' devices, which push notifications go to")
 blp.ARGUMENTS_PARSER = JsonParser()
@@ -147,10 +147,10 @@ class DeviceSchema(Schema):
     kind = fields.String(metadata={"enum": list(DEVICE_KINDS)})
     label = fields.String(allow_none=True)
     active = fields.Boolean()
-    created_at = _utc("created_at")
-    last_seen_at = _utc("last_seen_at")
-    last_success_at = _utc("last_success_at", nullable=True)
-    disabled_at = _utc("disabled_at", nullable=True)
+    created_at = utc_column("created_at")
+    last_seen_at = utc_column("last_seen_at")
+    last_success_at = utc_column("last_success_at", nullable=True)
+    disabled_at = utc_column("disabled_at", nullable=True)
     disabled_reason = fields.String(allow_none=True)
     endpoint = fields.Function(
         lambda d: d.address, metadata={"type": "string", "description": "webpush and unifiedpush only"}

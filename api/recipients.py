@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -16,6 +15,7 @@ from api.schemas import TimezoneField
 from api.validation import JsonParser, Text, category_name, printable
 from storage import devices, recipients
 from storage.models import CHANNELS, Recipient
+from storage.representation import utc_column
 
 blp = Blueprint("recipients", __name__, url_prefix="/recipients", description="Recipients' profiles")
 blp.ARGUMENTS_PARSER = JsonParser()
@@ -89,13 +89,6 @@ class Profile(Schema):
     preferences = fields.Nested(Preferences, allow_none=True)
 
 
-def _utc(column: str) -> fields.Function:
-    return fields.Function(
-        lambda r: getattr(r, column).replace(tzinfo=dt.UTC).isoformat(),
-        metadata={"type": "string", "format": "date-time"},
-    )
-
-
 class RecipientSchema(Schema):
     id = fields.String()
     email = fields.String(allow_none=True)
@@ -103,8 +96,8 @@ class RecipientSchema(Schema):
     locale = fields.String(allow_none=True)
     delivery_window = fields.Dict(allow_none=True)
     preferences = fields.Dict(allow_none=True)
-    created_at = _utc("created_at")
-    updated_at = _utc("updated_at")
+    created_at = utc_column("created_at")
+    updated_at = utc_column("updated_at")
     devices = fields.Method("_devices", metadata={"description": "how many devices it has registered"})
 
     def _devices(self, recipient: Recipient) -> int:

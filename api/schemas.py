@@ -16,16 +16,8 @@ from marshmallow.types import StrSequenceOrSet, UnknownOption
 from actors.providers.base import reserved_data_keys
 from api.rendering import LOCALE
 from api.validation import Text, bounded_json, category_name, encodable, is_category, printable
-from storage.clock import from_db
-from storage.models import (
-    CHANNELS,
-    DELIVERY_STATUSES,
-    DEVICE_KINDS,
-    FALLBACK_KINDS,
-    STATUSES,
-    URGENCIES,
-    Notification,
-)
+from storage.models import CHANNELS, DELIVERY_STATUSES, DEVICE_KINDS, FALLBACK_KINDS, STATUSES, URGENCIES
+from storage.representation import NotificationSchema, utc_column
 
 MAX_CONTENT = 10_000
 MAX_HTML = 100_000
@@ -364,58 +356,6 @@ class ActionResponse(AcceptedResponse):
     task_id = fields.String(allow_none=True, metadata={"description": "id of the Dramatiq message"})
 
 
-def _iso(value: dt.datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
-
-
-def _utc(column: str, *, nullable: bool = False) -> fields.Function:
-    """A stored UTC column, as ISO 8601 with ``+00:00``."""
-    return fields.Function(
-        lambda n: _iso(from_db(getattr(n, column))),
-        allow_none=nullable,
-        metadata={"type": "string", "format": "date-time"},
-    )
-
-
-def _local(column: str) -> fields.Function:
-    """A stored UTC column, as ISO 8601 in the recipient's timezone."""
-
-    def present(notification: Notification) -> str | None:
-        value = from_db(getattr(notification, column))
-        return _iso(value and value.astimezone(ZoneInfo(notification.timezone)))
-
-    return fields.Function(present, metadata={"type": "string", "format": "date-time"})
-
-
-class NotificationSchema(Schema):
-    id = fields.UUID()
-    recipient_id = fields.String()
-    content = fields.String()
-    channel = fields.String(metadata={"enum": list(CHANNELS)})
-    status = fields.String(metadata={"enum": list(STATUSES)})
-    created_at = _utc("created_at")
-    updated_at = _utc("updated_at")
-    scheduled_time = _utc("scheduled_time")
-    timezone = fields.String()
-    local_scheduled_time = _local("scheduled_time")
-    appropriate_delivery = fields.Boolean()
-    estimated_delivery_time = _local("due_at")
-    delivered_at = _utc("delivered_at", nullable=True)
-    attempt_count = fields.Integer()
-    last_error = fields.String(allow_none=True)
-    forced = fields.Boolean()
-    subject = fields.String(allow_none=True)
-    title = fields.String(allow_none=True)
-    data = fields.Dict(allow_none=True)
-    html = fields.String(allow_none=True)
-    template = fields.String(allow_none=True, metadata={"description": "the template the texts came from"})
-    locale = fields.String(allow_none=True, metadata={"description": "the template's locale used"})
-    ttl = fields.Integer(allow_none=True, metadata={"description": "push only"})
-    urgency = fields.String(allow_none=True, metadata={"enum": list(URGENCIES), "description": "push only"})
-    collapse_key = fields.String(allow_none=True, metadata={"description": "push only"})
-    category = fields.String(allow_none=True)
-
-
 class DeliverySchema(Schema):
     device_id = fields.UUID(allow_none=True, metadata={"description": "null for the webhook or the outbox"})
     kind = fields.String(metadata={"enum": [*DEVICE_KINDS, *FALLBACK_KINDS]})
@@ -425,7 +365,7 @@ class DeliverySchema(Schema):
     attempts = fields.Integer()
     provider_message_id = fields.String(allow_none=True)
     error = fields.String(allow_none=True)
-    delivered_at = _utc("delivered_at", nullable=True)
+    delivered_at = utc_column("delivered_at", nullable=True)
 
 
 class NotificationDetail(NotificationSchema):

@@ -12,8 +12,8 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 from api import rendering
 from api.validation import JsonParser, Text
 from storage import templates
-from storage.clock import from_db
 from storage.models import CHANNELS, Template
+from storage.representation import utc_column
 
 blp = Blueprint("templates", __name__, url_prefix="/templates", description="Notification templates")
 blp.ARGUMENTS_PARSER = JsonParser()
@@ -61,14 +61,6 @@ class TemplateRequest(Schema):
             raise ValidationError(errors, "locales")
 
 
-def _utc(column: str) -> fields.Function:
-    """A stored UTC column, as ISO 8601 with ``+00:00``."""
-    return fields.Function(
-        lambda t: getattr(from_db(getattr(t, column)), "isoformat", str)(),
-        metadata={"type": "string", "format": "date-time"},
-    )
-
-
 class TemplateSchema(Schema):
     name = fields.String()
     channel = fields.String(metadata={"enum": list(CHANNELS)})
@@ -76,8 +68,8 @@ class TemplateSchema(Schema):
     locales = fields.Dict(
         keys=fields.String(), values=fields.Dict(keys=fields.String(), values=fields.String())
     )
-    created_at = _utc("created_at")
-    updated_at = _utc("updated_at")
+    created_at = utc_column("created_at")
+    updated_at = utc_column("updated_at")
 
 
 class TemplateList(Schema):

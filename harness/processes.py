@@ -80,6 +80,7 @@ class Service:
             # With a broker a key must be set; the API and the workers sign and check with the same.
             "SECRET_KEY": os.environ.get("SECRET_KEY") or secrets.token_hex(32),
             "EMAIL_METRICS_PORT": str(free_port()),
+            "WEBHOOKS_METRICS_PORT": str(free_port()),
             **({} if as_deployed else TEST_SETTINGS),
             **settings,
         }

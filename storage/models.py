@@ -213,3 +213,30 @@ class Delivery(BaseModel):
     class Meta:
         # The notification first: the one index finds a notification's deliveries as well.
         primary_key = peewee.CompositeKey("notification_id", "target_id")
+
+
+EVENT_PENDING, EVENT_SENT, EVENT_FAILED = "pending", "sent", "failed"
+
+
+class StatusEvent(BaseModel):
+    """A status webhook's event, written with the change it reports, kept until the receiver took it."""
+
+    id = peewee.BigAutoField()
+    notification_id = peewee.UUIDField()
+    type = peewee.CharField(max_length=40)
+    occurred_at = peewee.DateTimeField()
+    # The notification's stored columns just after the change, as its data is shown at that moment.
+    notification = JSONField()
+    status = peewee.CharField(max_length=8, default=EVENT_PENDING)
+    attempts = peewee.IntegerField(default=0)
+    next_attempt_at = peewee.DateTimeField()
+    # Retried until STATUS_WEBHOOK_MAX_AGE after this: the change, or the operator's "send again".
+    since = peewee.DateTimeField()
+    # Bumped for each message published for the event and by the claim: only the current one sends.
+    seq = peewee.IntegerField(default=0)
+    lease_until = peewee.DateTimeField(null=True)
+    last_error = peewee.TextField(null=True)
+    finished_at = peewee.DateTimeField(null=True)
+
+    class Meta:
+        indexes = ((("notification_id", "id"), False), (("status", "next_attempt_at"), False))

@@ -16,6 +16,7 @@ from storage.models import (
     RateLimitWindow,
     Recipient,
     SchedulerPass,
+    StatusEvent,
     Template,
     WorkerProcess,
 )
@@ -122,6 +123,10 @@ def _add_recipients(database: peewee.Database) -> None:
     _add_column(database, "notification", "category", "VARCHAR(64) NULL")
 
 
+def _add_status_events(database: peewee.Database) -> None:
+    database.create_tables([StatusEvent], safe=True)
+
+
 def _rename_column(database: peewee.Database, table: str, old: str, new: str) -> None:
     if old in {column.name for column in database.get_columns(table)}:
         database.execute_sql(f"ALTER TABLE {table} RENAME COLUMN {old} TO {new}")
@@ -139,6 +144,7 @@ MIGRATIONS: list[Callable[[peewee.Database], None]] = [
     _add_templates,
     _add_devices,
     _add_recipients,
+    _add_status_events,
 ]
 
 

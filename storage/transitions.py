@@ -12,7 +12,7 @@ import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
-from storage import deliveries, events
+from storage import deliveries, events, status_events
 from storage.clock import utcnow
 from storage.database import db, is_postgres
 from storage.models import CANCELLED, DELIVERED, FAILED, PENDING, PROCESSING, Notification
@@ -100,6 +100,7 @@ def cancel(notification_id: Any, *, host: str) -> Notification:
         if not rows:
             raise _conflict_or_missing(notification_id, "cancel", [PENDING])
         events.record(notification_id, "cancelled", host, at=now)
+        status_events.record(rows)
     return rows[0]
 
 
@@ -155,7 +156,8 @@ WITH wanted AS (
 SELECT {_CLAIMED_COLUMNS} FROM claimed n ORDER BY n.due_at, n.id
 """
 
-# Marks rows delivered; what follows it writes the "delivered" events, and the deliveries too.
+# Marks rows delivered; what follows it writes the status events, the "delivered" events, and the
+# deliveries too when there are any.
 _PG_MARK_DELIVERED = """
 WITH wanted AS (
     SELECT * FROM unnest(%s::uuid[], %s::int[], %s::text[]) AS w(id, seq, detail)
@@ -163,24 +165,26 @@ WITH wanted AS (
     SELECT id, status, message_seq FROM notification WHERE id = ANY(%s::uuid[])
     ORDER BY id
     FOR UPDATE
-), delivered AS (
+), changed AS (
     UPDATE notification n
     SET status = 'Delivered', delivered_at = %s, lease_until = NULL, updated_at = %s
     FROM locked JOIN wanted ON locked.id = wanted.id AND locked.message_seq = wanted.seq
     WHERE n.id = locked.id AND locked.status = 'Processing'
-    RETURNING n.id, n.delivered_at, wanted.detail
+    RETURNING n.*, wanted.detail
 )"""
+_PG_ANNOUNCE_DELIVERED = "," + status_events.PG_RECORD_CTE
 _PG_LOG_DELIVERED = """
 INSERT INTO notification_event (notification_id, kind, at, host, detail)
-SELECT id, 'delivered', delivered_at, %s, detail FROM delivered
+SELECT id, 'delivered', delivered_at, %s, detail FROM changed
 RETURNING notification_id
 """
-_PG_DELIVERED = _PG_MARK_DELIVERED + _PG_LOG_DELIVERED
+_PG_DELIVERED = _PG_MARK_DELIVERED + _PG_ANNOUNCE_DELIVERED + _PG_LOG_DELIVERED
 # With the push notifications' deliveries, those of the rows it marked: by device or not.
 _PG_DELIVERED_RECORDING = {
     by_device: _PG_MARK_DELIVERED
     + ","
-    + deliveries.pg_recording("WHERE notification_id IN (SELECT id FROM delivered)", by_device=by_device)
+    + deliveries.pg_recording("WHERE notification_id IN (SELECT id FROM changed)", by_device=by_device)
+    + _PG_ANNOUNCE_DELIVERED
     + _PG_LOG_DELIVERED
     for by_device in (False, True)
 }
@@ -278,12 +282,13 @@ def mark_delivered(
     if is_postgres():
         ids, numbers = _pg_arrays(seqs)
         texts = [details.get(nid) for nid in ids]
+        announce = status_events.enabled()
         if not outcomes:
-            cursor = db.execute_sql(_PG_DELIVERED, (ids, numbers, texts, ids, now, now, host))
+            cursor = db.execute_sql(_PG_DELIVERED, (ids, numbers, texts, ids, now, now, announce, host))
             return {str(row[0]) for row in cursor.fetchall()}
         statement = _PG_DELIVERED_RECORDING[any(o.device_id is not None for o in outcomes)]
         recording = deliveries.pg_recording_params(outcomes, now, host)
-        params = (ids, numbers, texts, ids, now, now, *recording, host)
+        params = (ids, numbers, texts, ids, now, now, *recording, announce, host)
         return {str(row[0]) for row in db.execute_sql(statement, params).fetchall()}
     done = set()
     with db.atomic():
@@ -293,6 +298,8 @@ def mark_delivered(
         for notification_id in done:
             events.record(notification_id, "delivered", host, detail=details.get(notification_id), at=now)
         deliveries.record([o for o in outcomes if o.notification_id in done], host=host, at=now)
+        if done and status_events.enabled():
+            status_events.record(Notification.select().where(Notification.id.in_(list(done))))
     return done
 
 
@@ -301,6 +308,8 @@ def mark_failed(notification_id: Any, seq: int, *, host: str, error: str) -> boo
         done = _finish(notification_id, seq, status=FAILED, last_error=error, lease_until=None)
         if done:
             events.record(notification_id, "failed", host, detail=error)
+            if status_events.enabled():
+                status_events.record([get(notification_id)])
     return done
 
 

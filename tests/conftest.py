@@ -105,7 +105,9 @@ def database_url(request, tmp_path):
     url = request.getfixturevalue("postgres_url")
     storage.configure(url)
     with storage.db.connection_context():
-        storage.db.execute_sql("TRUNCATE notification, notification_event, worker_process, device, delivery")
+        storage.db.execute_sql(
+            "TRUNCATE notification, notification_event, worker_process, device, delivery, status_event"
+        )
     return url
 
 

@@ -147,7 +147,9 @@ class SchedulerMiddleware(dramatiq.Middleware):
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         queues = worker.consumer_whitelist or set(ACTORS)
-        self.scheduler = Scheduler(sorted(q for q in queues if q in ACTORS)).start()
+        channels = sorted(q for q in queues if q in ACTORS)
+        if channels:  # a webhooks-only worker has no channel to schedule
+            self.scheduler = Scheduler(channels).start()
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         if self.scheduler is not None:

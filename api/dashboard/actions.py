@@ -1,4 +1,4 @@
-"""The dashboard's actions: retry a failed notification, cancel a scheduled one, handle dead letters."""
+"""The dashboard's actions: retry or cancel a notification, handle dead letters, send a status event again."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import logs
 from actors import broker, queues
 from api import usecases
 from api.dashboard.blueprint import blp
-from storage import queries, transitions
+from storage import queries, status_events, transitions
 
 logger = logging.getLogger(__name__)
 
@@ -76,3 +76,12 @@ def dead_letters(channel: str, action: str) -> Response:
     verb = "requeued" if action == "requeue" else "dropped"
     logger.info("%s %d dead-lettered messages of %s from the dashboard", verb.capitalize(), count, channel)
     return _back(f"{count} dead-lettered message{'s' if count != 1 else ''} {verb}.", fallback)
+
+
+@blp.post("/webhooks/<int:event_id>/send-again")
+def send_status_event_again(event_id: int) -> Response:
+    fallback = url_for("dashboard.status_webhooks")
+    if not status_events.send_again(event_id):
+        return _back(f"Status event {event_id} is not a failed one.", fallback)
+    logger.info("Status event %d to be sent again, from the dashboard", event_id)
+    return _back(f"Status event {event_id} will be sent again.", fallback)

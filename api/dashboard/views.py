@@ -15,7 +15,7 @@ import actors
 from actors import queues
 from api.dashboard import charts
 from api.dashboard.blueprint import blp
-from storage import deliveries, devices, metrics, queries, recipients, workers
+from storage import deliveries, devices, metrics, queries, recipients, status_events, workers
 from storage.clock import utcnow
 from storage.models import CHANNELS, FAILED, PENDING, PROCESSING
 
@@ -116,6 +116,11 @@ def recipient(recipient_id: str) -> str:
         devices=devices.of_recipient(recipient_id),
         recent=list(queries.listing(recipient_id=recipient_id).limit(PAGE_SIZE)),
     )
+
+
+@blp.get("/webhooks")
+def status_webhooks() -> str:
+    return render_template("dashboard/webhooks.html", events=status_events.failed())
 
 
 @blp.errorhandler(peewee.OperationalError)
