@@ -84,6 +84,7 @@ def mark_opted_out(notification_id: Any, seq: int, *, host: str, reason: str) ->
         )
         if done:
             events.record(notification_id, "cancelled", host, detail=reason)
+            status_events.record(Notification.select().where(Notification.id == notification_id))
     return done
 
 

@@ -73,6 +73,18 @@ def test_cancel_sends_an_event(db, receiver):
     assert event["data"]["id"] == str(notification.id)
 
 
+def test_an_opt_out_found_at_delivery_sends_a_cancelled_event(db, receiver):
+    notification = factories.make()
+    seqs = {str(notification.id): 1}
+    factories.settle(notification, message_seq=1)
+    transitions.claim(seqs, host="w", lease=60)
+    assert transitions.mark_opted_out(notification.id, 1, host="w", reason="Recipient opted out of push")
+    _send_due()
+    ((_, event),) = verified(receiver)
+    assert event["type"] == "notification.cancelled"
+    assert event["data"]["last_error"] == "Recipient opted out of push"
+
+
 def test_no_events_are_written_without_the_url(db, monkeypatch):
     monkeypatch.setattr(settings, "STATUS_WEBHOOK_URL", "")
     _deliver(factories.make())
