@@ -42,8 +42,11 @@ def webhook_id(event: StatusEvent) -> str:
 def body_of(event: StatusEvent) -> str:
     occurred = from_db(event.occurred_at)
     assert occurred is not None
-    notification = _schema.dump(status_events.restore(event.notification))
-    return json.dumps({"type": event.type, "timestamp": occurred.isoformat(), "data": notification})
+    if event.type == status_events.DEVICE_DISABLED:
+        data = event.notification  # the device as the API shows it, stored so when it was disabled
+    else:
+        data = _schema.dump(status_events.restore(event.notification))
+    return json.dumps({"type": event.type, "timestamp": occurred.isoformat(), "data": data})
 
 
 def backoff(attempts: int, retry_after: float | None) -> float:

@@ -12,13 +12,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from flask import current_app
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
-from marshmallow import Schema, ValidationError, fields, post_dump, validate, validates, validates_schema
+from marshmallow import Schema, ValidationError, fields, validate, validates, validates_schema
 
 from actors.providers import endpoints, missing_settings
 from api.validation import JsonParser, Text
 from storage import devices
 from storage.models import DEVICE_KINDS, Device
-from storage.representation import utc_column
+from storage.representation import DeviceSchema
 
 blp = Blueprint("devices", __name__, description="Recipients' devices, which push notifications go to")
 blp.ARGUMENTS_PARSER = JsonParser()
@@ -137,33 +137,6 @@ def _fcm_token_problem(token: str) -> str | None:
     if any(c.isspace() for c in token):
         return "Must not contain whitespace."
     return None
-
-
-class DeviceSchema(Schema):
-    """A device as clients see it: never its subscription keys."""
-
-    id = fields.UUID()
-    recipient_id = fields.String()
-    kind = fields.String(metadata={"enum": list(DEVICE_KINDS)})
-    label = fields.String(allow_none=True)
-    active = fields.Boolean()
-    created_at = utc_column("created_at")
-    last_seen_at = utc_column("last_seen_at")
-    last_success_at = utc_column("last_success_at", nullable=True)
-    disabled_at = utc_column("disabled_at", nullable=True)
-    disabled_reason = fields.String(allow_none=True)
-    endpoint = fields.Function(
-        lambda d: d.address, metadata={"type": "string", "description": "webpush and unifiedpush only"}
-    )
-    environment = fields.String(metadata={"enum": list(APNS_ENVIRONMENTS), "description": "apns only"})
-
-    @post_dump(pass_original=True)
-    def _of_its_kind(self, data: dict[str, Any], device: Device, **_kwargs: Any) -> dict[str, Any]:
-        if device.kind not in WEB_PUSH_KINDS:
-            data.pop("endpoint", None)
-        if device.kind != "apns":
-            data.pop("environment", None)
-        return data
 
 
 class DeviceList(Schema):

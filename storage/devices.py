@@ -10,8 +10,9 @@ from typing import Any
 
 import peewee
 
+from storage import status_events
 from storage.clock import utcnow
-from storage.database import is_postgres
+from storage.database import db, is_postgres
 from storage.models import Device
 
 
@@ -106,9 +107,16 @@ def disable(device_id: Any, reason: str, *, seen: dt.datetime | None = None) -> 
     condition = (Device.id == device_id) & Device.active
     if seen is not None:
         condition &= Device.last_seen_at == seen
-    return bool(
-        Device.update(active=False, disabled_at=utcnow(), disabled_reason=reason).where(condition).execute()
-    )
+    with db.atomic():
+        rows = list(
+            Device.update(active=False, disabled_at=utcnow(), disabled_reason=reason)
+            .where(condition)
+            .returning(Device)
+            .execute()
+        )
+        for device in rows:
+            status_events.record_device_disabled(device)
+    return bool(rows)
 
 
 def active_of(recipient_ids: Iterable[str]) -> dict[str, list[Device]]:

@@ -1,14 +1,15 @@
-"""How a notification is shown: the JSON GET /notifications/{id} returns, also the status webhooks' data."""
+"""How a notification and a device are shown: the JSON the API returns, also the status webhooks' data."""
 
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 from zoneinfo import ZoneInfo
 
-from marshmallow import Schema, fields
+from marshmallow import Schema, fields, post_dump
 
 from storage.clock import from_db
-from storage.models import CHANNELS, STATUSES, URGENCIES, Notification
+from storage.models import CHANNELS, DEVICE_KINDS, STATUSES, URGENCIES, Device, Notification
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -61,3 +62,30 @@ class NotificationSchema(Schema):
     urgency = fields.String(allow_none=True, metadata={"enum": list(URGENCIES), "description": "push only"})
     collapse_key = fields.String(allow_none=True, metadata={"description": "push only"})
     category = fields.String(allow_none=True)
+
+
+class DeviceSchema(Schema):
+    """A device as clients see it: never its subscription keys."""
+
+    id = fields.UUID()
+    recipient_id = fields.String()
+    kind = fields.String(metadata={"enum": list(DEVICE_KINDS)})
+    label = fields.String(allow_none=True)
+    active = fields.Boolean()
+    created_at = utc_column("created_at")
+    last_seen_at = utc_column("last_seen_at")
+    last_success_at = utc_column("last_success_at", nullable=True)
+    disabled_at = utc_column("disabled_at", nullable=True)
+    disabled_reason = fields.String(allow_none=True)
+    endpoint = fields.Function(
+        lambda d: d.address, metadata={"type": "string", "description": "webpush and unifiedpush only"}
+    )
+    environment = fields.String(metadata={"enum": ["production", "sandbox"], "description": "apns only"})
+
+    @post_dump(pass_original=True)
+    def _of_its_kind(self, data: dict[str, Any], device: Device, **_kwargs: Any) -> dict[str, Any]:
+        if device.kind not in ("webpush", "unifiedpush"):
+            data.pop("endpoint", None)
+        if device.kind != "apns":
+            data.pop("environment", None)
+        return data

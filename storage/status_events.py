@@ -19,7 +19,16 @@ import peewee
 import settings
 from storage.clock import utcnow
 from storage.database import db
-from storage.models import EVENT_FAILED, EVENT_PENDING, EVENT_SENT, JSONField, Notification, StatusEvent
+from storage.models import (
+    EVENT_FAILED,
+    EVENT_PENDING,
+    EVENT_SENT,
+    Device,
+    JSONField,
+    Notification,
+    StatusEvent,
+)
+from storage.representation import DeviceSchema
 
 TYPES = {
     "Delivered": "notification.delivered",
@@ -88,6 +97,27 @@ def record(notifications: Iterable[Notification]) -> None:
     ]
     if rows:
         StatusEvent.insert_many(rows).execute()
+
+
+DEVICE_DISABLED = "device.disabled"
+
+
+def record_device_disabled(device: Device) -> None:
+    """Write the event of a device disabled; call it in the transaction that disabled it.
+
+    Its events are ordered by the device's id, as a notification's are by the notification's.
+    """
+    if not enabled():
+        return
+    now = device.disabled_at or utcnow()
+    StatusEvent.insert(
+        notification_id=device.id,
+        type=DEVICE_DISABLED,
+        occurred_at=now,
+        notification=DeviceSchema().dump(device),
+        next_attempt_at=now,
+        since=now,
+    ).execute()
 
 
 class Due(NamedTuple):

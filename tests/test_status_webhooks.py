@@ -21,9 +21,9 @@ from harness.processes import ROOT, Service
 from harness.receivers import PushReceiver
 from harness.status_webhooks import SECRET, verified
 from harness.waiting import wait_until
-from storage import status_events, transitions
-from storage.models import EVENT_FAILED, EVENT_PENDING, EVENT_SENT, StatusEvent
-from storage.representation import NotificationSchema
+from storage import devices, status_events, transitions
+from storage.models import EVENT_FAILED, EVENT_PENDING, EVENT_SENT, Device, StatusEvent
+from storage.representation import DeviceSchema, NotificationSchema
 
 
 @pytest.fixture
@@ -83,6 +83,18 @@ def test_an_opt_out_found_at_delivery_sends_a_cancelled_event(db, receiver):
     ((_, event),) = verified(receiver)
     assert event["type"] == "notification.cancelled"
     assert event["data"]["last_error"] == "Recipient opted out of push"
+
+
+def test_a_disabled_device_sends_an_event_with_the_device_as_the_api_shows_it(db, receiver):
+    device, _ = devices.register("ada", kind="fcm", address="fcm-token-of-ada")
+    assert devices.disable(device.id, "FCM: UNREGISTERED")
+    assert not devices.disable(device.id, "FCM: UNREGISTERED"), "disabled once, one event"
+    _send_due()
+    ((_, event),) = verified(receiver)
+    assert event["type"] == "device.disabled"
+    assert event["data"] == DeviceSchema().dump(Device.get_by_id(device.id))
+    assert (event["data"]["active"], event["data"]["disabled_reason"]) == (False, "FCM: UNREGISTERED")
+    assert "address" not in event["data"] and "token" not in event["data"]
 
 
 def test_no_events_are_written_without_the_url(db, monkeypatch):
