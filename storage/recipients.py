@@ -7,7 +7,7 @@ from typing import Any
 
 import peewee
 
-from storage import events
+from storage import events, status_events
 from storage.clock import utcnow
 from storage.database import db
 from storage.models import CANCELLED, PENDING, Delivery, Device, Notification, NotificationEvent, Recipient
@@ -176,4 +176,7 @@ def erase(recipient_id: str, *, host: str) -> int:
         ).execute()
         Device.delete().where(Device.recipient_id.in_(ids)).execute()
         Recipient.delete().where(Recipient.id.in_(ids)).execute()
+        # The events of the cancelled, written after the redaction: they carry nothing erased.
+        if cancelled:
+            status_events.record(Notification.select().where(Notification.id.in_(cancelled)))
     return int(redacted)

@@ -62,6 +62,7 @@ def opt_out(reasons: Mapping[Any, str], *, host: str) -> None:
     """Cancel just-accepted Pending rows, each for the reason given: their recipient opted out."""
     now = utcnow()
     with db.atomic():
+        cancelled = []
         for notification_id, reason in reasons.items():
             if (
                 Notification.update(status=CANCELLED, last_error=reason, lease_until=None, updated_at=now)
@@ -69,6 +70,9 @@ def opt_out(reasons: Mapping[Any, str], *, host: str) -> None:
                 .execute()
             ):
                 events.record(notification_id, "cancelled", host, detail=reason, at=now)
+                cancelled.append(notification_id)
+        if cancelled:
+            status_events.record(Notification.select().where(Notification.id.in_(cancelled)))
 
 
 def mark_opted_out(notification_id: Any, seq: int, *, host: str, reason: str) -> bool:

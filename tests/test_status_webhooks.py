@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import signal
@@ -95,6 +96,27 @@ def test_a_disabled_device_sends_an_event_with_the_device_as_the_api_shows_it(db
     assert event["data"] == DeviceSchema().dump(Device.get_by_id(device.id))
     assert (event["data"]["active"], event["data"]["disabled_reason"]) == (False, "FCM: UNREGISTERED")
     assert "address" not in event["data"] and "token" not in event["data"]
+
+
+def test_opted_out_at_accept_and_erased_send_cancelled_events(client, receiver):
+    client.put(
+        "/recipients/bob", json={"email": "bob@example.com", "preferences": {"channels": {"push": False}}}
+    )
+    opted_out = client.post("/notifications/push", json={"recipient_id": "bob", "content": "hi"})
+    waiting = client.post(
+        "/notifications/email",
+        json={"recipient_id": "bob", "content": "later", "scheduled_time": "2035-01-01T12:00:00"},
+    )
+    assert client.delete("/recipients/bob").status_code == 204
+    while _send_due():
+        pass
+    events = [event for _, event in verified(receiver)]
+    assert [(e["type"], e["data"]["id"]) for e in events] == [
+        ("notification.cancelled", opted_out.json["notification_id"]),
+        ("notification.cancelled", waiting.json["notification_id"]),
+    ]
+    assert events[0]["data"]["last_error"].startswith("Recipient opted out")
+    assert "later" not in json.dumps(events[1]) and "bob@example.com" not in json.dumps(events[1])
 
 
 def test_no_events_are_written_without_the_url(db, monkeypatch):
