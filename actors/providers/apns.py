@@ -25,6 +25,7 @@ from actors.providers.base import (
     PermanentDeliveryError,
     PushMessage,
     TransientDeliveryError,
+    http_failure,
 )
 from actors.providers.webhook import parse_retry_after
 
@@ -145,11 +146,7 @@ class ApnsSender:
                 "APNs refused our provider token (check APNS_KEY_FILE, APNS_KEY_ID, APNS_TEAM_ID): %s", reason
             )
             raise TransientDeliveryError(reason)
-        if status == 429 or 500 <= status <= 599:
-            raise TransientDeliveryError(
-                reason, retry_after=parse_retry_after(response.headers.get("retry-after"))
-            )
-        raise PermanentDeliveryError(reason)
+        raise http_failure(status, reason, parse_retry_after(response.headers.get("retry-after")))
 
     def close(self) -> None:
         """Close the kept connections (they reopen on the next send)."""

@@ -59,6 +59,14 @@ class Provider(Protocol):
     def deliver(self, envelope: Envelope) -> str | None: ...
 
 
+def http_failure(status: int, reason: str, retry_after: float | None) -> DeliveryError:
+    """A push service's error answer once its own codes are read: 429 and 5xx may pass (after
+    ``retry_after`` seconds, when it said), any other answer will not."""
+    if status == 429 or 500 <= status <= 599:
+        return TransientDeliveryError(reason, retry_after=retry_after)
+    return PermanentDeliveryError(reason)
+
+
 class DeviceGone(PermanentDeliveryError):
     """The push service says the device no longer exists: disable it, never send to it again."""
 

@@ -20,6 +20,7 @@ from actors.providers.base import (
     PermanentDeliveryError,
     PushMessage,
     TransientDeliveryError,
+    http_failure,
 )
 from actors.providers.sessions import ThreadSessions
 from actors.providers.webhook import parse_retry_after
@@ -137,11 +138,7 @@ class FcmSender:
                 "FCM refused our credentials (check FCM_CREDENTIALS_FILE, FCM_PROJECT_ID): %s", reason
             )
             raise TransientDeliveryError(reason)
-        if status == 429 or 500 <= status <= 599:
-            raise TransientDeliveryError(
-                reason, retry_after=parse_retry_after(response.headers.get("Retry-After"))
-            )
-        raise PermanentDeliveryError(reason)
+        raise http_failure(status, reason, parse_retry_after(response.headers.get("Retry-After")))
 
     def close(self) -> None:
         """Close every thread's kept connections."""
