@@ -60,6 +60,49 @@ def test_every_endpoint_but_health_needs_a_key(client, method, path):
     assert "Bearer" in response.headers["WWW-Authenticate"]
 
 
+# The routes open by design: the health check, and the unsubscribe link, whose signed token is its
+# credential (an email client follows it without any key).
+OPEN_ENDPOINTS = {"health.Health", "unsubscribe.Unsubscribe", "static"}
+
+
+def _example_url(rule) -> str:
+    """The rule's path with each variable filled with a value its converter takes."""
+    values = {}
+    for name in rule.arguments:
+        converter = type(rule._converters[name]).__name__
+        if converter == "UUIDConverter":
+            values[name] = uuid.UUID(int=1)
+        elif converter in ("IntegerConverter", "FloatConverter"):
+            values[name] = 1
+        elif converter == "AnyConverter":
+            values[name] = sorted(rule._converters[name].items)[0]
+        else:
+            values[name] = "x"
+    return rule.build(values, append_unknown=False)[1]
+
+
+def test_every_route_the_app_has_refuses_a_request_without_a_key(tmp_path):
+    """Every route registered, those added since too (devices, recipients, templates, dashboard pages)."""
+    app = make_app(tmp_path, API_KEYS=(PLAIN_KEY,))
+    client = app.test_client()
+    checked = []
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint in OPEN_ENDPOINTS or rule.endpoint.startswith("unsubscribe."):
+            continue
+        url = _example_url(rule)
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            response = client.open(url, method=method, json={})
+            assert response.status_code == 401, (method, url, response.status_code)
+            checked.append((method, rule.rule))
+    # The walk saw the resources of every issue, not an empty map.
+    paths = {path for _, path in checked}
+    assert {
+        "/recipients/<path:recipient_id>/devices",
+        "/templates/<string:name>",
+        "/dashboard/webhooks",
+    } <= paths
+
+
 def test_health_needs_no_key(client):
     assert client.get("/health").status_code == 200
 
