@@ -18,7 +18,7 @@ BENCHMARKS = {
     "bulk": "POST /notifications/batch of 1,000 vs the table's own 1,000-row INSERTs, interleaved",
     "e2e": "due-now notifications to a push endpoint vs a no-op Dramatiq actor draining as many, interleaved",
     "precision": "100,000 notifications all due within one minute: lateness p50/p99/max",
-    "webpush": "due-now notifications, each to a Web Push device of its own, vs. a no-op Dramatiq actor",
+    "webpush": "due-now notifications, a Web Push device each, vs a no-op Dramatiq actor, interleaved",
     "schedule_scale": "notifications scheduled for next week: accept time, database size, broker, RSS",
     "memory": "RSS of gunicorn and dramatiq workers at idle and under load",
 }

@@ -38,6 +38,12 @@ TARGETS: dict[str, tuple[str, str, str, Callable[[dict[str, Any]], bool]]] = {
         ">= 1.0",
         lambda s: s["ratio"] >= 1.0,
     ),
+    "webpush_delivery": (
+        "due now -> delivered, one Web Push device each",
+        "the same no-op drain",
+        ">= 0.5",
+        lambda s: s["ratio"] >= 0.5,
+    ),
 }
 
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
+import socket
 import ssl
 import tempfile
 import threading
@@ -41,6 +43,7 @@ __all__ = [
     "ReceivedApns",
     "ReceivedFcm",
     "ReceivedPush",
+    "Refused",
     "Subscription",
     "WebPushService",
 ]
@@ -108,6 +111,7 @@ class _HttpService(_Recorder):
         self._thread: threading.Thread | None = None
         #: TCP connections accepted: requests over a kept-alive connection do not add to it.
         self.connections = 0
+        self._open: set[socket.socket] = set()
 
     @property
     def origin(self) -> str:
@@ -124,6 +128,12 @@ class _HttpService(_Recorder):
                 super().setup()
                 with service.condition:
                     service.connections += 1
+                    service._open.add(self.connection)
+
+            def finish(self) -> None:
+                with service.condition:
+                    service._open.discard(self.connection)
+                super().finish()
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
@@ -148,6 +158,14 @@ class _HttpService(_Recorder):
         )
         self._thread.start()
         return self
+
+    def close_connections(self) -> None:
+        """Close every open connection, as a server does to kept-alive connections gone idle."""
+        with self.condition:
+            sockets = list(self._open)
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def stop(self) -> None:
         if self._server is not None:
@@ -207,6 +225,27 @@ class ReceivedPush:
         return json.loads(self.payload)
 
 
+class Refused(Exception):
+    """A message a push service refuses: the status it answers and why."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+def decrypt(subscription: Subscription, body: bytes) -> bytes:
+    """What the browser holding ``subscription`` reads of an ``aes128gcm`` body."""
+    try:
+        return http_ece.decrypt(
+            body,
+            private_key=subscription.private_key,
+            auth_secret=_unb64url(subscription.auth),
+            version="aes128gcm",
+        )
+    except Exception as exc:  # http_ece raises several kinds for a body it cannot decrypt
+        raise Refused(400, f"cannot decrypt: {exc!r}") from None
+
+
 class WebPushService(_HttpService):
     """A push service: verifies VAPID (signature with ``k``, ``aud`` its own origin, ``exp`` within 24 h),
     requires ``Content-Encoding: aes128gcm`` and ``TTL``, decrypts with the subscription's private key
@@ -246,39 +285,47 @@ class WebPushService(_HttpService):
             return list(self.received)
 
     def handle(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
+        try:
+            subscription, claims, vapid_key = self.check(path, headers, body)
+        except Refused as refused:
+            return self._refused(refused.status, str(refused))
+        try:
+            payload = decrypt(subscription, body)
+        except Refused as refused:
+            return self._refused(refused.status, str(refused))
+        status, answer_headers = self._script.pop() or (201, {})
+        if status == 201 and "Location" not in answer_headers:
+            answer_headers = {**answer_headers, "Location": self.new_location()}
+        with self.condition:
+            self.received.append(
+                ReceivedPush(subscription.id, headers, body, payload, claims, vapid_key, status)
+            )
+            self.condition.notify_all()
+        return status, answer_headers, b""
+
+    def new_location(self) -> str:
+        return f"{self.origin}/message/{uuid.uuid4().hex}"
+
+    def check(
+        self, path: str, headers: dict[str, str], body: bytes
+    ) -> tuple[Subscription, dict[str, Any], str]:
+        """What a push service checks of a message: its subscription, VAPID, encoding, TTL and size."""
         sid = path.removeprefix("/push/")
         with self.condition:
             subscription = self._subscriptions.get(sid) if path.startswith("/push/") else None
         if subscription is None:
-            return self._refused(404, f"no subscription at {path}")
+            raise Refused(404, f"no subscription at {path}")
         try:
             claims, vapid_key = self._verify_vapid(headers.get("authorization", ""))
         except ValueError as exc:
-            return self._refused(401, f"VAPID: {exc}")
+            raise Refused(401, f"VAPID: {exc}") from None
         if headers.get("content-encoding") != "aes128gcm":
-            return self._refused(
-                415, f"Content-Encoding is {headers.get('content-encoding')!r}, not aes128gcm"
-            )
+            raise Refused(415, f"Content-Encoding is {headers.get('content-encoding')!r}, not aes128gcm")
         if not headers.get("ttl", "").isdigit():
-            return self._refused(400, f"TTL is {headers.get('ttl')!r}, not a number of seconds")
+            raise Refused(400, f"TTL is {headers.get('ttl')!r}, not a number of seconds")
         if len(body) > self.MAX_BODY:
-            return self._refused(413, f"body is {len(body)} bytes, more than {self.MAX_BODY}")
-        try:
-            payload = http_ece.decrypt(
-                body,
-                private_key=subscription.private_key,
-                auth_secret=_unb64url(subscription.auth),
-                version="aes128gcm",
-            )
-        except Exception as exc:  # http_ece raises several kinds for a body it cannot decrypt
-            return self._refused(400, f"cannot decrypt: {exc!r}")
-        status, answer_headers = self._script.pop() or (201, {})
-        if status == 201 and "Location" not in answer_headers:
-            answer_headers = {**answer_headers, "Location": f"{self.origin}/message/{uuid.uuid4().hex}"}
-        with self.condition:
-            self.received.append(ReceivedPush(sid, headers, body, payload, claims, vapid_key, status))
-            self.condition.notify_all()
-        return status, answer_headers, b""
+            raise Refused(413, f"body is {len(body)} bytes, more than {self.MAX_BODY}")
+        return subscription, claims, vapid_key
 
     def _verify_vapid(self, authorization: str) -> tuple[dict[str, Any], str]:
         scheme, _, params = authorization.partition(" ")

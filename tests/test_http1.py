@@ -496,7 +496,8 @@ def broken_answers(draw) -> tuple[bytes, bool]:
             draw(st.binary(min_size=2, max_size=2).filter(lambda b: b != b"\r\n")),
         )
     elif breakage == "crlf":  # no chunk but the last: a body after it, where the trailers start
-        pieces.insert(kinds.index("last") + 1, ("data", b"xx"))
+        # The NUL keeps it from joining a trailer after it into one valid field line ("xxX-Trailer:").
+        pieces.insert(kinds.index("last") + 1, ("data", b"x\x00"))
     elif breakage == "trailer":
         pieces.insert(kinds.index("last") + 1, ("trailer", draw(st.sampled_from(BAD_FIELDS))))
     elif breakage == "interim-flood":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -35,11 +36,11 @@ from actors.providers.webhook import push_payload
 from actors.providers.webpush import (
     MAX_PAYLOAD_BYTES,
     WebPushSender,
-    guarded_session,
     load_vapid_key,
     payload_bytes,
     vapid_public_key,
 )
+from harness.bulk_webpush import BulkWebPushService
 from harness.push_services import ApnsService, FcmService, WebPushService
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -262,13 +263,58 @@ def test_a_non_public_endpoint_is_refused_at_send_time(push_service, key_file, e
     assert push_service.connections == 0
 
 
-def test_a_connection_to_a_non_public_peer_is_refused_once_made(push_service):
-    # What a name that resolves anew to a private address (DNS rebinding) meets after the check.
-    session = guarded_session(frozenset())
-    with pytest.raises(endpoints.UnsafeEndpoint, match=r"connected to 127\.0\.0\.1"):
-        session.post(push_service.subscribe().endpoint, data=b"x", timeout=5)
-    session.close()
-    assert push_service.received == [] and push_service.refusals == []
+def test_a_connection_goes_only_to_an_address_judged_public(push_service):
+    # The address connected to is the one judged: a name resolving anew to a private address (DNS
+    # rebinding) between a check and the connection has nothing to gain.
+    port = int(push_service.origin.rsplit(":", 1)[1])
+    with pytest.raises(endpoints.UnsafeEndpoint, match=r"localhost is or resolves to .*not a public"):
+        endpoints.connect("localhost", port, 5, allowed=False)
+    assert push_service.connections == 0
+
+    endpoints.connect("127.0.0.1", port, 5, allowed=True).close()
+    push_service.wait(lambda: push_service.connections == 1, 5, "the allowed connection")
+
+
+def test_one_vapid_jwt_serves_every_message_to_a_push_service(push_service, webpush):
+    for _ in range(3):
+        webpush.send(device_of(push_service.subscribe()), MESSAGE)
+
+    received = push_service.wait_for(3)
+    assert len({r.headers["authorization"] for r in received}) == 1
+    assert received[0].claims["exp"] > time.time() + 6 * 3600
+
+
+def test_a_connection_the_push_service_closed_while_idle_is_replaced_before_sending(push_service, webpush):
+    device = device_of(push_service.subscribe())
+    webpush.send(device, MESSAGE)
+    push_service.close_connections()
+
+    webpush.send(device, MESSAGE)
+
+    assert len(push_service.wait_for(2)) == 2
+    assert push_service.connections == 2
+
+
+def test_the_benchmarks_push_service_checks_as_the_other_and_decrypts_everything_after(webpush):
+    with BulkWebPushService() as push:
+        subscriptions = [push.subscribe() for _ in range(3)]
+        for subscription in subscriptions:
+            webpush.send(device_of(subscription), MESSAGE)
+        # Another key's subscription would not decrypt: it is refused afterwards, not counted.
+        wrong = push.subscribe()
+        webpush.send(dataclasses.replace(device_of(wrong), auth=subscriptions[0].auth), MESSAGE)
+        push.wait_accepted(4, timeout=10)
+        assert push.received == [] and push.refusals == []
+        assert push.handle(f"/push/{wrong.id}", {"authorization": "vapid t=x,k=y"}, b"")[0] == 401
+
+        push.refusals.clear()
+
+        received = push.decrypt_received()
+
+    assert [r.subscription_id for r in received] == [s.id for s in subscriptions]
+    assert {r.json["notification_id"] for r in received} == {MESSAGE.notification_id}
+    assert len(push.refusals) == 1 and "cannot decrypt" in push.refusals[0]
+    assert push.connections == 1
 
 
 def test_the_vapid_key_is_created_once_and_kept(key_file):

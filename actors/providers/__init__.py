@@ -7,6 +7,8 @@ Whether an error is worth retrying is decided once, by its type (see ``base``).
 
 from __future__ import annotations
 
+import threading
+
 import settings
 from actors.providers.base import (
     DeliveryError,
@@ -68,6 +70,7 @@ def provider_for(channel: str) -> Provider:
 
 
 _senders: dict[str, DeviceSender] = {}
+_senders_lock = threading.Lock()
 # What each kind of device needs configured; Web Push signs with a key it creates itself.
 _REQUIRED_SETTINGS = {
     "webpush": (),
@@ -91,6 +94,17 @@ def sender_for(kind: str) -> DeviceSender:
     sender = _senders.get(kind)
     if sender is not None:
         return sender
+    # One thread makes it while the others wait: each sender loads keys and a TLS trust store, tens of
+    # milliseconds of CPU that every worker thread starting at once would otherwise spend.
+    with _senders_lock:
+        sender = _senders.get(kind)
+        if sender is None:
+            sender = _senders[kind] = _new_sender(kind)
+        return sender
+
+
+def _new_sender(kind: str) -> DeviceSender:
+    sender: DeviceSender
     missing = missing_settings(kind)
     if missing:
         raise NotConfigured(f"{kind} devices cannot be sent to: set {', '.join(missing)}")
@@ -129,5 +143,4 @@ def sender_for(kind: str) -> DeviceSender:
             ca_file=settings.APNS_CA_FILE,
             timeout=settings.PUSH_TIMEOUT,
         )
-    # setdefault is atomic, so threads racing on the first call all end up with the same sender.
-    return _senders.setdefault(kind, sender)
+    return sender

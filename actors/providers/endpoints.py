@@ -24,6 +24,16 @@ def check(url: str, allowlist: Collection[str]) -> None:
 
     A host listed in ``allowlist`` (as written in the URL) may be anything and may use ``http://``.
     """
+    host, port, allowed = check_form(url, allowlist)
+    if allowed:
+        return
+    for address in resolve(host, port):
+        if not is_public(address):
+            raise UnsafeEndpoint(f"{host} is or resolves to {address}, which is not a public address.")
+
+
+def check_form(url: str, allowlist: Collection[str]) -> tuple[str, int, bool]:
+    """What ``check`` judges of ``url`` without resolving it: (host, port, whether allow-listed)."""
     try:
         parts = urlsplit(url)
         host = (parts.hostname or "").lower()
@@ -37,19 +47,46 @@ def check(url: str, allowlist: Collection[str]) -> None:
         raise UnsafeEndpoint("Must name a host.")
     if parts.username is not None or parts.password is not None:
         raise UnsafeEndpoint("Must not hold credentials.")
+    port = port or (443 if parts.scheme == "https" else 80)
+    if not allowed and (literal := resolve_literal(host)) and not is_public(literal[0]):
+        raise UnsafeEndpoint(f"{host} is {literal[0]}, which is not a public address.")
+    return host, port, allowed
+
+
+def connect(host: str, port: int, timeout: float, *, allowed: bool) -> socket.socket:
+    """A TCP connection to ``host``: to one of the public addresses it resolves to, unless ``allowed``.
+
+    The address connected to is the one judged, so a name that resolves anew to a private address
+    between a check and the connection (DNS rebinding) gains nothing.
+    """
     if allowed:
-        return
-    for address in resolve(host, port or 443):
+        return socket.create_connection((host, port), timeout=timeout)
+    addresses = resolve(host, port)
+    for address in addresses:
         if not is_public(address):
             raise UnsafeEndpoint(f"{host} is or resolves to {address}, which is not a public address.")
+    error: OSError | None = None
+    for address in addresses:
+        try:
+            return socket.create_connection((str(address), port), timeout=timeout)
+        except OSError as exc:
+            error = exc
+    assert error is not None  # resolve() returns at least one address
+    raise error
+
+
+def resolve_literal(host: str) -> list[Address]:
+    """``[address]`` when ``host`` is written as an address, else ``[]``."""
+    try:
+        return [ipaddress.ip_address(host)]
+    except ValueError:
+        return []
 
 
 def resolve(host: str, port: int) -> list[Address]:
     """Every address ``host`` names (a literal address is itself); ``UnsafeEndpoint`` when none."""
-    try:
-        return [ipaddress.ip_address(host)]
-    except ValueError:
-        pass
+    if literal := resolve_literal(host):
+        return literal
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:

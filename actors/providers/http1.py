@@ -10,10 +10,18 @@ an answer it cannot frame beyond doubt, or one that asks for more than it will r
 from __future__ import annotations
 
 import re
+import select
 import socket
 import ssl
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
+
+#: Opens the TCP connection to (host, port) within a timeout; socket.create_connection by default.
+Connector = Callable[[str, int, float], socket.socket]
 
 # Generous for a webhook's answer; a server sending more is not one.
 _MAX_LINE = 8192
@@ -65,9 +73,16 @@ class Connection:
     """One server's connection, opened on first use and reopened after the server closes it."""
 
     def __init__(
-        self, host: str, port: int, *, timeout: float, ssl_context: ssl.SSLContext | None = None
+        self,
+        host: str,
+        port: int,
+        *,
+        timeout: float,
+        ssl_context: ssl.SSLContext | None = None,
+        connect: Connector | None = None,
     ) -> None:
         self.host, self.port, self.timeout, self.ssl_context = host, port, timeout, ssl_context
+        self._connect = connect or _create_connection
         self._sock: socket.socket | None = None
         self._reader: BinaryIO | None = None
         self._framing = 0  # bytes of framing the answer being read may still take
@@ -83,6 +98,9 @@ class Connection:
         Any error closes it too: what is left of the answer on it can be read by nothing.
         """
         try:
+            if self._sock is not None and _readable(self._sock):
+                # Nothing was asked on it, so what is there is the server's close of an idle connection.
+                self.close()
             if self._sock is None:
                 self._open()
             assert self._sock is not None
@@ -106,7 +124,7 @@ class Connection:
                 sock.close()
 
     def _open(self) -> None:
-        sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        sock = self._connect(self.host, self.port, self.timeout)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.ssl_context is not None:
@@ -216,6 +234,72 @@ class Connection:
                 raise ProtocolError("a chunk is not followed by CRLF")
         self._headers("trailers")
         return b"".join(parts), True
+
+
+class _Held:
+    """One thread's connections, closed when the thread ends (no socket left to the GC)."""
+
+    def __init__(self) -> None:
+        self.connections: OrderedDict[tuple[str, str, int], Connection] = OrderedDict()
+
+    def close(self) -> None:
+        for connection in list(self.connections.values()):
+            connection.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class ThreadConnections:
+    """Each thread's kept connections, one per (scheme, host, port), made by ``factory`` on first use.
+
+    A thread keeps at most ``limit`` of them; past that, the one it used least recently is closed.
+    """
+
+    def __init__(self, factory: Callable[[str, str, int], Connection], *, limit: int = 16) -> None:
+        self._factory = factory
+        self._limit = limit
+        self._local = threading.local()
+        # Lets close() reach every thread's connections; weak, so a finished thread's can go.
+        self._all: weakref.WeakSet[_Held] = weakref.WeakSet()
+        self._lock = threading.Lock()
+
+    def get(self, scheme: str, host: str, port: int) -> Connection:
+        """This thread's connection to ``scheme://host:port``."""
+        held: _Held | None = getattr(self._local, "held", None)
+        if held is None:
+            held = self._local.held = _Held()
+            with self._lock:
+                self._all.add(held)
+        key = (scheme, host, port)
+        connection = held.connections.pop(key, None)
+        if connection is None:
+            connection = self._factory(scheme, host, port)
+            if len(held.connections) >= self._limit:
+                held.connections.popitem(last=False)[1].close()
+        held.connections[key] = connection
+        return connection
+
+    def close(self) -> None:
+        """Close every thread's connections (each reopens on its next request)."""
+        with self._lock:
+            helds = list(self._all)
+        for held in helds:
+            held.close()
+
+
+def _create_connection(host: str, port: int, timeout: float) -> socket.socket:
+    return socket.create_connection((host, port), timeout=timeout)
+
+
+def _readable(sock: socket.socket) -> bool:
+    """Whether reading would not block; on a connection with no request outstanding, a close (or junk)."""
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return True
+    # poll, not select: select cannot watch a descriptor numbered past FD_SETSIZE (1024).
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _tokens(value: str) -> set[str]:

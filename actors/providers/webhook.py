@@ -7,8 +7,6 @@ import json
 import logging
 import re
 import ssl
-import threading
-import weakref
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -54,16 +52,6 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
-class _ThreadConnection:
-    """Holds one thread's connection and closes it when the thread ends (no socket left to the GC)."""
-
-    def __init__(self, connection: http1.Connection) -> None:
-        self.connection = connection
-
-    def __del__(self) -> None:
-        self.connection.close()
-
-
 class WebhookProvider:
     """POSTs each push notification as JSON to one http(s) URL."""
 
@@ -96,10 +84,11 @@ class WebhookProvider:
             credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
             fixed.append("Authorization: Basic " + base64.b64encode(credentials.encode()).decode())
         self._head = "\r\n".join(fixed) + "\r\n"
-        self._local = threading.local()
-        # Lets close() reach every thread's connection; weak, so a finished thread's one can go.
-        self._all: weakref.WeakSet[_ThreadConnection] = weakref.WeakSet()
-        self._all_lock = threading.Lock()
+        self._connections = http1.ThreadConnections(
+            lambda scheme, host, port: http1.Connection(
+                host, port, timeout=self.timeout, ssl_context=self.ssl_context
+            )
+        )
 
     def __repr__(self) -> str:
         return f"WebhookProvider({self.url})"
@@ -128,25 +117,10 @@ class WebhookProvider:
 
     def close(self) -> None:
         """Close every thread's kept-alive connection (they reopen on the next delivery)."""
-        with self._all_lock:
-            holders = list(self._all)
-        for holder in holders:
-            holder.connection.close()
-
-    def _connection(self) -> http1.Connection:
-        holder: _ThreadConnection | None = getattr(self._local, "holder", None)
-        if holder is None:
-            connection = http1.Connection(
-                self.host, self.port, timeout=self.timeout, ssl_context=self.ssl_context
-            )
-            holder = _ThreadConnection(connection)
-            self._local.holder = holder
-            with self._all_lock:
-                self._all.add(holder)
-        return holder.connection
+        self._connections.close()
 
     def _post(self, head: bytes, body: bytes) -> http1.Response:
-        connection = self._connection()
+        connection = self._connections.get(self.scheme, self.host, self.port)
         # Only a kept-alive connection can have been closed by the server meanwhile.
         reused = connection.is_open
         try:
