@@ -169,8 +169,7 @@ def plan_delivery(
     earliest = max(scheduled, now)
     if window is not None:
         return Plan(scheduled, window.holds(scheduled, zone), window.next_opening(earliest, zone))
-    return Plan(
-        scheduled_time=scheduled,
-        appropriate_delivery=in_appropriate_hours(scheduled, zone, start, end),
-        due_at=next_appropriate_time(earliest, zone, start, end),
-    )
+    appropriate = in_appropriate_hours(scheduled, zone, start, end)
+    if appropriate and earliest is scheduled:
+        return Plan(scheduled, True, scheduled)  # what next_appropriate_time answers, without asking again
+    return Plan(scheduled, appropriate, next_appropriate_time(earliest, zone, start, end))

@@ -63,7 +63,7 @@ def accept(channel: str, fields: dict[str, Any], key: RequestKey | None = None) 
     now = dt.datetime.now(dt.UTC)
     profile = recipients.find(fields["recipient_id"])
     try:
-        row = _row(channel, fields, now, profile)
+        row = _row(channel, fields, now, profile, _Hours.configured())
     except _NoAddress as exc:
         raise Rejected({"recipient_id": [str(exc)]}) from None
     reason = recipients.opted_out(profile, channel, row["category"])
@@ -82,16 +82,18 @@ def accept_batch(items: list[dict[str, Any]], key: RequestKey | None = None) -> 
             return ids
     now = dt.datetime.now(dt.UTC)
     profiles = recipients.profiles(item["recipient_id"] for item in items)
+    hours = _Hours.configured()  # once for the batch, not once an item
     rows, errors, opted_out = [], {}, {}
     for index, item in enumerate(items):
         profile = profiles.get(item["recipient_id"])
         try:
-            row = _row(item.pop("channel"), item, now, profile, item=index)
+            row = _row(item.pop("channel"), item, now, profile, hours, item=index)
         except _NoAddress as exc:
             errors[index] = {"recipient_id": [str(exc)]}
             continue
         rows.append(row)
-        if reason := recipients.opted_out(profile, row["channel"], row["category"]):
+        # Without a profile there are no preferences to opt out by.
+        if profile is not None and (reason := recipients.opted_out(profile, row["channel"], row["category"])):
             opted_out[index] = reason
     if errors:
         raise Rejected({"notifications": errors})
@@ -151,9 +153,12 @@ def unsubscribe(recipient_id: str, category: str | None) -> None:
 def _replan(recipient: Recipient) -> None:
     """Move the recipient's Pending, unforced notifications to the due times its window gives now."""
     now = dt.datetime.now(dt.UTC)
+    hours = _Hours.configured()
     plans = {}
     for notification in queries.awaiting_delivery(recipient.id):
-        plan = _plan(from_db(notification.scheduled_time), ZoneInfo(notification.timezone), now, recipient)
+        plan = _plan(
+            from_db(notification.scheduled_time), ZoneInfo(notification.timezone), now, recipient, hours
+        )
         if to_db(plan.due_at) != notification.due_at:
             plans[notification.id] = transitions.Replan(
                 notification.message_seq, to_db(plan.due_at), plan.appropriate_delivery
@@ -164,15 +169,34 @@ def _replan(recipient: Recipient) -> None:
         logger.info("Moved %d notifications of a recipient to its delivery window", len(moved))
 
 
-def _plan(requested: dt.datetime | None, zone: ZoneInfo, now: dt.datetime, profile: Recipient | None) -> Plan:
-    config = current_app.config
+@dataclass(frozen=True)
+class _Hours:
+    """The service's appropriate hours and default zone, read from its config once for many plans."""
+
+    start: int
+    end: int
+    default_zone: ZoneInfo
+
+    @classmethod
+    def configured(cls) -> _Hours:
+        config = current_app.config
+        return cls(
+            config["APPROPRIATE_HOURS_START"],
+            config["APPROPRIATE_HOURS_END"],
+            ZoneInfo(config["DEFAULT_TIMEZONE"]),
+        )
+
+
+def _plan(
+    requested: dt.datetime | None, zone: ZoneInfo, now: dt.datetime, profile: Recipient | None, hours: _Hours
+) -> Plan:
     window = profile.delivery_window if profile is not None else None
     return plan_delivery(
         requested,
         zone,
         now=now,
-        start=config["APPROPRIATE_HOURS_START"],
-        end=config["APPROPRIATE_HOURS_END"],
+        start=hours.start,
+        end=hours.end,
         window=None if window is None else Window.of(window),
     )
 
@@ -196,7 +220,12 @@ def is_address(recipient_id: str) -> bool:
 
 
 def _row(
-    channel: str, fields: dict[str, Any], now: dt.datetime, profile: Recipient | None, item: int | None = None
+    channel: str,
+    fields: dict[str, Any],
+    now: dt.datetime,
+    profile: Recipient | None,
+    hours: _Hours,
+    item: int | None = None,
 ) -> dict[str, Any]:
     """The stored form of a validated request: its texts rendered, its zone chosen, its time resolved
     into a due time.
@@ -204,27 +233,25 @@ def _row(
     The zone is the request's, else the recipient's, else the default. An email's recipient is an
     address, or a recipient with one (its address is read again when it is sent).
     """
-    fields = dict(fields)
     if channel == "email" and not is_address(fields["recipient_id"]) and not (profile and profile.email):
         raise _NoAddress("Must be an email address, or the id of a recipient whose profile has an email.")
     if "template" in fields:
         try:
-            fields = _rendered(channel, fields, profile)
+            fields = _rendered(channel, dict(fields), profile)
         except rendering.RenderError as exc:
             exc.item = item
             raise
-    zone = fields.pop("timezone") or ZoneInfo(
-        profile.timezone if profile and profile.timezone else current_app.config["DEFAULT_TIMEZONE"]
+    zone = fields["timezone"] or (
+        ZoneInfo(profile.timezone) if profile and profile.timezone else hours.default_zone
     )
-    plan = _plan(fields.pop("scheduled_time"), zone, now, profile)
-    return {
-        **fields,
-        "channel": channel,
-        "timezone": zone.key,
-        "scheduled_time": to_db(plan.scheduled_time),
-        "appropriate_delivery": plan.appropriate_delivery,
-        "due_at": to_db(plan.due_at),
-    }
+    plan = _plan(fields["scheduled_time"], zone, now, profile, hours)
+    row = dict(fields)  # the request's own fields, with these in place of what it asked for
+    row["channel"] = channel
+    row["timezone"] = zone.key
+    row["scheduled_time"] = to_db(plan.scheduled_time)
+    row["appropriate_delivery"] = plan.appropriate_delivery
+    row["due_at"] = to_db(plan.due_at)
+    return row
 
 
 def _rendered(channel: str, fields: dict[str, Any], profile: Recipient | None) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import peewee
 
 from storage import events, status_events
 from storage.clock import utcnow
-from storage.database import db
+from storage.database import db, is_postgres
 from storage.models import CANCELLED, PENDING, Delivery, Device, Notification, NotificationEvent, Recipient
 
 # The profile's fields a client sets; the rest (id, created_at, updated_at) the storage keeps.
@@ -34,10 +34,16 @@ def find(recipient_id: str) -> Recipient | None:
 
 def profiles(recipient_ids: Iterable[str]) -> dict[str, Recipient]:
     """The profiles of those of ``recipient_ids`` that have one, by id, in one query."""
-    wanted = set(recipient_ids)
+    wanted = list(set(recipient_ids))
     if not wanted:
         return {}
-    return {r.id: r for r in Recipient.select().where(Recipient.id.in_(list(wanted)))}
+    found: Iterable[Recipient]
+    if is_postgres():
+        # One array parameter, not a thousand: peewee's building of an IN list cost more than the query.
+        found = Recipient.raw("SELECT * FROM recipient WHERE id = ANY(%s)", wanted)
+    else:
+        found = Recipient.select().where(Recipient.id.in_(wanted))
+    return {r.id: r for r in found}
 
 
 def replace(recipient_id: str, profile: dict[str, Any]) -> tuple[Recipient, bool]:
