@@ -248,9 +248,10 @@ def _row(
     row = dict(fields)  # the request's own fields, with these in place of what it asked for
     row["channel"] = channel
     row["timezone"] = zone.key
-    row["scheduled_time"] = to_db(plan.scheduled_time)
+    row["scheduled_time"] = scheduled = to_db(plan.scheduled_time)
     row["appropriate_delivery"] = plan.appropriate_delivery
-    row["due_at"] = to_db(plan.due_at)
+    # Most are due as asked: the same instant, one value (which the COPY writes once).
+    row["due_at"] = scheduled if plan.due_at is plan.scheduled_time else to_db(plan.due_at)
     return row
 
 

@@ -120,11 +120,12 @@ def uuids_of(randomness: bytes) -> list[str]:
 
 # COPY's text format: a field is its text with these characters escaped, or \N for NULL.
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_NULL = "\\N"
 
 
 def _copy_text(value: str | None) -> str:
     if value is None:
-        return "\\N"
+        return _NULL
     if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
         return value.translate(_COPY_ESCAPES)
     return value
@@ -132,7 +133,13 @@ def _copy_text(value: str | None) -> str:
 
 def _copy_plain(value: object) -> str:
     """A value holding no character to escape: a number, or text of a known alphabet."""
-    return "\\N" if value is None else str(value)
+    return _NULL if value is None else str(value)
+
+
+# The columns a request may leave out, in the order each COPY line writes them.
+_OPTIONAL = (
+    "subject", "title", "data", "html", "template", "locale", "ttl", "urgency", "collapse_key", "category",
+)  # fmt: skip
 
 
 def _pg_copy(ids: list[str], rows: list[dict[str, Any]], *, host: str, now: dt.datetime) -> None:
@@ -141,19 +148,24 @@ def _pg_copy(ids: list[str], rows: list[dict[str, Any]], *, host: str, now: dt.d
     Each line is written for the columns' known types: the client's text escaped, the rest as it is
     (a channel, an IANA zone name, numbers, naive UTC datetimes, an urgency and a collapse key of the
     base64url alphabet hold no character to escape; a category is escaped all the same, as the client's).
+    A due time that is the time asked for (the same value) is written once and copied.
     """
-    accepted = f"\t{PENDING}\t0\t0\tf\t0\t{_copy_text(host)}\t{now}\t{now}\t"
-    data = Notification.data.db_value
-    lines = [
-        f"{nid}\t{row['channel']}\t{_copy_text(row['recipient_id'])}\t{_copy_text(row['content'])}\t"
-        f"{_copy_text(row.get('subject'))}\t{_copy_text(row.get('title'))}\t"
-        f"{_copy_text(data(row.get('data')))}\t{row['timezone']}\t{row['scheduled_time']}\t"
-        f"{'t' if row['appropriate_delivery'] else 'f'}\t{row['due_at']}{accepted}"
-        f"{_copy_text(row.get('html'))}\t{_copy_text(row.get('template'))}\t{_copy_text(row.get('locale'))}\t"
-        f"{_copy_plain(row.get('ttl'))}\t{_copy_plain(row.get('urgency'))}\t{_copy_plain(row.get('collapse_key'))}\t"
-        f"{_copy_text(row.get('category'))}\n"
-        for nid, row in zip(ids, rows, strict=True)
-    ]
+    accepted = f"\t{PENDING}\t0\t0\tf\t0\t{_copy_text(host)}\t{now.isoformat()}\t{now.isoformat()}\t"
+    as_json, text, plain = Notification.data.db_value, _copy_text, _copy_plain
+    lines = []
+    for nid, row in zip(ids, rows, strict=True):
+        subject, title, data, html, template, locale, ttl, urgency, collapse_key, category = map(
+            row.get, _OPTIONAL
+        )
+        scheduled, due = row["scheduled_time"], row["due_at"]
+        asked = scheduled.isoformat()
+        lines.append(
+            f"{nid}\t{row['channel']}\t{text(row['recipient_id'])}\t{text(row['content'])}\t{text(subject)}\t"
+            f"{text(title)}\t{_NULL if data is None else text(as_json(data))}\t{row['timezone']}\t{asked}\t"
+            f"{'t' if row['appropriate_delivery'] else 'f'}\t{asked if due is scheduled else due.isoformat()}"
+            f"{accepted}{text(html)}\t{text(template)}\t{text(locale)}\t{plain(ttl)}\t{plain(urgency)}\t"
+            f"{plain(collapse_key)}\t{text(category)}\n"
+        )
     with peewee.__exception_wrapper__:  # type: ignore[attr-defined]
         db.cursor().copy_expert(
             f"COPY notification ({', '.join(_CREATE_COLUMNS)}) FROM STDIN", io.StringIO("".join(lines))

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 import storage
 from harness.factories import make, take
 from storage import events, ingest, models, queries, recipients, schedule, transitions
-from storage.clock import utcnow
+from storage.clock import to_db, utcnow
 
 
 def test_create_records_a_created_event(db):
@@ -117,6 +117,21 @@ def test_new_ids_are_the_version_4_uuids_of_their_randomness(randomness):
         str(uuid.UUID(bytes=randomness[i : i + 16], version=4)) for i in range(0, len(randomness), 16)
     ]
     assert ingest.uuids_of(randomness) == expected
+
+
+@given(
+    moment=st.datetimes(
+        dt.datetime(1970, 1, 1),
+        dt.datetime(2200, 1, 1),
+        timezones=st.sampled_from([dt.UTC, dt.timezone(dt.timedelta(hours=-5))]),
+    ),
+    fold=st.sampled_from([0, 1]),
+)
+def test_a_stored_time_is_the_naive_utc_of_the_instant(moment, fold):
+    moment = moment.replace(fold=fold)
+    stored = to_db(moment)
+    expected = moment.astimezone(dt.UTC).replace(tzinfo=None)
+    assert (stored, stored.tzinfo, stored.fold) == (expected, None, expected.fold)
 
 
 def test_profiles_are_read_in_one_query_as_stored(db):
