@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import Counter
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -82,24 +83,69 @@ def accept_batch(items: list[dict[str, Any]], key: RequestKey | None = None) -> 
             return ids
     now = dt.datetime.now(dt.UTC)
     profiles = recipients.profiles(item["recipient_id"] for item in items)
-    hours = _Hours.configured()  # once for the batch, not once an item
-    rows, errors, opted_out = [], {}, {}
-    for index, item in enumerate(items):
-        profile = profiles.get(item["recipient_id"])
-        try:
-            row = _row(item.pop("channel"), item, now, profile, hours, item=index)
-        except _NoAddress as exc:
-            errors[index] = {"recipient_id": [str(exc)]}
-            continue
-        rows.append(row)
-        # Without a profile there are no preferences to opt out by.
-        if profile is not None and (reason := recipients.opted_out(profile, row["channel"], row["category"])):
-            opted_out[index] = reason
-    if errors:
-        raise Rejected({"notifications": errors})
-    ids = _store(rows, ids, batch=True, opted_out=opted_out)
+    rows = _BatchRows(items, now, profiles, _Hours.configured())
+    if any("template" in item for item in items):
+        rows.make()  # templates are read from the database, which must not be asked while a COPY streams
+    ids = _store(rows, ids, batch=True, opted_out=rows.opted_out)
     logger.info("Accepted a batch of %d", len(ids))
     return ids
+
+
+class _BatchRows(Collection[dict[str, Any]]):
+    """A batch's rows, made the first time they are read: storage writes the first to the database
+    while the rest are made (a COPY streams them), and reading them again gives those made.
+
+    Reading them fills ``opted_out`` (the indexes of rows whose recipients opted out, and why). An
+    item that cannot be stored (an email without an address) makes the first reading end with
+    Rejected, after the last item, naming every such item; a template that does not render raises
+    its RenderError at once. Making a row must not use the database while they stream (the
+    connection is the COPY's): a batch that does (its templates) is made whole first, by ``make``.
+    """
+
+    def __init__(
+        self, items: list[dict[str, Any]], now: dt.datetime, profiles: dict[str, Recipient], hours: _Hours
+    ) -> None:
+        self.items, self.now, self.profiles, self.hours = items, now, profiles, hours
+        self.opted_out: dict[int, str] = {}
+        self.made: list[dict[str, Any]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __contains__(self, row: object) -> bool:
+        return any(made == row for made in self)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.made) if self.made is not None else self._make()
+
+    def make(self) -> None:
+        """Make every row now, not as they are read."""
+        if self.made is None:
+            for _made in self._make():
+                pass
+
+    def _make(self) -> Iterator[dict[str, Any]]:
+        made: list[dict[str, Any]] = []
+        errors: dict[int, Any] = {}
+        for index, item in enumerate(self.items):
+            profile = self.profiles.get(item["recipient_id"])
+            try:
+                row = _row(item.pop("channel"), item, self.now, profile, self.hours, item=index)
+            except _NoAddress as exc:
+                errors[index] = {"recipient_id": [str(exc)]}
+                continue
+            if errors:
+                continue  # none will be stored: the rest are made only for their errors
+            made.append(row)
+            # Without a profile there are no preferences to opt out by.
+            if profile is not None and (
+                reason := recipients.opted_out(profile, row["channel"], row["category"])
+            ):
+                self.opted_out[index] = reason
+            yield row
+        if errors:
+            raise Rejected({"notifications": errors})
+        self.made = made
 
 
 def force(notification_id: Any) -> Outcome:
@@ -301,11 +347,12 @@ def _ids_for(key: RequestKey, count: int) -> tuple[list[str], bool]:
 
 
 def _store(
-    rows: list[dict[str, Any]], ids: list[str] | None, *, batch: bool, opted_out: dict[int, str]
+    rows: Collection[dict[str, Any]], ids: list[str] | None, *, batch: bool, opted_out: dict[int, str]
 ) -> list[str]:
     """Store accepted rows, under ``ids`` if given; wake the schedulers if one falls due soon.
 
-    A batch is stored all or none, in a transaction of its own; a single row commits together with
+    A batch is stored all or none, in a transaction of its own (its rows may be made as they are
+    stored, see _BatchRows, and ``opted_out`` filled meanwhile); a single row commits together with
     those other threads of this process store at the same time (see ingest.create). The rows at
     the indexes ``opted_out`` names are then cancelled for the reason it gives: their recipients
     opted out (accepted all the same, so that senders need no special case).

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-import io
+import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import Any
 
 import peewee
+import psycopg2
 from psycopg2.extras import execute_values
 
 from storage.clock import utcnow
@@ -75,8 +76,12 @@ def create(*, host: str, id: str | None = None, **fields: Any) -> str:
     return str(record["id"])
 
 
-def create_many(rows: list[dict[str, Any]], *, host: str, ids: list[str] | None = None) -> list[str]:
-    """Insert many notifications in one transaction, all or none; return their ids in order."""
+def create_many(rows: Collection[dict[str, Any]], *, host: str, ids: list[str] | None = None) -> list[str]:
+    """Insert many notifications in one transaction, all or none; return their ids in order.
+
+    ``rows`` are read once, in order, as they are stored: on PostgreSQL the first are on their way
+    while the later ones are made. Whatever reading them raises stores none and is raised as it is.
+    """
     now = utcnow()
     ids = ids or new_ids(len(rows))
     if is_postgres() and not db.in_transaction():
@@ -142,31 +147,59 @@ _OPTIONAL = (
 )  # fmt: skip
 
 
-def _pg_copy(ids: list[str], rows: list[dict[str, Any]], *, host: str, now: dt.datetime) -> None:
+def _pg_copy(ids: list[str], rows: Iterable[dict[str, Any]], *, host: str, now: dt.datetime) -> None:
     """The rows in one COPY: PostgreSQL parses far less than for an INSERT of as many rows.
 
-    Each line is written for the columns' known types: the client's text escaped, the rest as it is
-    (a channel, an IANA zone name, numbers, naive UTC datetimes, an urgency and a collapse key of the
-    base64url alphabet hold no character to escape; a category is escaped all the same, as the client's).
-    A due time that is the time asked for (the same value) is written once and copied.
+    The lines are written as psycopg2 reads them, a few dozen at a time, so that PostgreSQL stores
+    the first rows (on another core) while the later ones are made and written.
+    """
+    source = _Lines(_copy_lines(ids, rows, host=host, now=now))
+    with peewee.__exception_wrapper__:  # type: ignore[attr-defined]
+        try:
+            db.cursor().copy_expert(f"COPY notification ({', '.join(_CREATE_COLUMNS)}) FROM STDIN", source)
+        except psycopg2.Error:
+            if source.failed is not None:  # psycopg2 says only that the read failed: this is why
+                raise source.failed from None
+            raise
+
+
+class _Lines:
+    """A file psycopg2's COPY reads, of lines made as it reads; ``failed`` keeps what making them raised."""
+
+    def __init__(self, lines: Iterator[str], per_read: int = 64) -> None:
+        self.lines, self.per_read = lines, per_read
+        self.failed: BaseException | None = None
+
+    def read(self, size: int = -1) -> str:
+        try:
+            return "".join(itertools.islice(self.lines, self.per_read))
+        except BaseException as exc:
+            self.failed = exc
+            raise
+
+
+def _copy_lines(
+    ids: list[str], rows: Iterable[dict[str, Any]], *, host: str, now: dt.datetime
+) -> Iterator[str]:
+    """Each row's COPY line, written for the columns' known types.
+
+    The client's text is escaped, the rest written as it is (a channel, an IANA zone name, numbers,
+    naive UTC datetimes, an urgency and a collapse key of the base64url alphabet hold no character
+    to escape; a category is escaped all the same, as the client's). A due time that is the time
+    asked for (the same value) is written once and copied.
     """
     accepted = f"\t{PENDING}\t0\t0\tf\t0\t{_copy_text(host)}\t{now.isoformat()}\t{now.isoformat()}\t"
     as_json, text, plain = Notification.data.db_value, _copy_text, _copy_plain
-    lines = []
     for nid, row in zip(ids, rows, strict=True):
         subject, title, data, html, template, locale, ttl, urgency, collapse_key, category = map(
             row.get, _OPTIONAL
         )
         scheduled, due = row["scheduled_time"], row["due_at"]
         asked = scheduled.isoformat()
-        lines.append(
+        yield (
             f"{nid}\t{row['channel']}\t{text(row['recipient_id'])}\t{text(row['content'])}\t{text(subject)}\t"
             f"{text(title)}\t{_NULL if data is None else text(as_json(data))}\t{row['timezone']}\t{asked}\t"
             f"{'t' if row['appropriate_delivery'] else 'f'}\t{asked if due is scheduled else due.isoformat()}"
             f"{accepted}{text(html)}\t{text(template)}\t{text(locale)}\t{plain(ttl)}\t{plain(urgency)}\t"
             f"{plain(collapse_key)}\t{text(category)}\n"
-        )
-    with peewee.__exception_wrapper__:  # type: ignore[attr-defined]
-        db.cursor().copy_expert(
-            f"COPY notification ({', '.join(_CREATE_COLUMNS)}) FROM STDIN", io.StringIO("".join(lines))
         )

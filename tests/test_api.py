@@ -301,6 +301,18 @@ def test_batch_is_all_or_nothing_and_names_the_bad_item_and_field(app, client):
         assert models.Notification.select().count() == 0
 
 
+def test_a_batch_refused_late_stores_none_and_names_every_bad_item(keyed_client, recipient_id):
+    """On PostgreSQL rows go to the database as they are made: a bad item after hundreds still
+    leaves none stored, and every bad item is named."""
+    push = {"channel": "push", **PUSH, "recipient_id": recipient_id}
+    bad = {"channel": "email", "recipient_id": f"{recipient_id}-no-address", "content": "x"}
+    items = [push] * 500 + [bad] + [push] * 10 + [bad] + [push] * 5
+    response = keyed_client.post("/notifications/batch", json={"notifications": items})
+    assert response.status_code == 422
+    assert set(response.json["errors"]["json"]["notifications"]) == {"500", "511"}
+    assert models.Notification.select().where(models.Notification.recipient_id == recipient_id).count() == 0
+
+
 @pytest.mark.parametrize(
     "body",
     [
