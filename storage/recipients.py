@@ -32,15 +32,24 @@ def find(recipient_id: str) -> Recipient | None:
     return Recipient.get_or_none(Recipient.id == recipient_id)
 
 
+# A character no recipient id holds (the API takes printable ones only; an id with it is looked up
+# in a list), and the same as an SQL literal.
+_SEPARATOR, _SPLIT = "\x1f", "E'\\x1f'"
+
+
 def profiles(recipient_ids: Iterable[str]) -> dict[str, Recipient]:
     """The profiles of those of ``recipient_ids`` that have one, by id, in one query."""
     wanted = list(set(recipient_ids))
     if not wanted:
         return {}
     found: Iterable[Recipient]
-    if is_postgres():
-        # One array parameter, not a thousand: peewee's building of an IN list cost more than the query.
-        found = Recipient.raw("SELECT * FROM recipient WHERE id = ANY(%s)", wanted)
+    joined = _SEPARATOR.join(wanted)
+    if is_postgres() and joined.count(_SEPARATOR) == len(wanted) - 1 and "" not in wanted:
+        # The ids as one text that PostgreSQL splits: a thousand values as a list cost more to build,
+        # send and parse than the query (peewee's IN list, or psycopg2's ARRAY[...], 5 and 1.6 ms).
+        found = Recipient.raw(
+            f"SELECT * FROM recipient WHERE id = ANY(string_to_array(%s, {_SPLIT}))", joined
+        )
     else:
         found = Recipient.select().where(Recipient.id.in_(wanted))
     return {r.id: r for r in found}

@@ -148,6 +148,9 @@ def test_profiles_are_read_in_one_query_as_stored(db):
     )
     assert found[bob].preferences == {"channels": {"push": False}}
     assert recipients.profiles([]) == {}
+    odd = f"odd\x1f{ada}"  # holds the character the usual lookup joins the ids with
+    recipients.replace(odd, {"locale": "pl"})
+    assert sorted(recipients.profiles([ada, odd, ""])) == sorted([ada, odd])
 
 
 def test_take_due_takes_only_rows_within_the_horizon(db):
