@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 UTC = dt.UTC
 
 
-@dataclass(frozen=True)
-class Plan:
+class Plan(NamedTuple):
     """The instant asked for, whether it lies in appropriate hours, and when delivery is due."""
 
     scheduled_time: dt.datetime
@@ -50,11 +50,16 @@ def next_appropriate_time(instant: dt.datetime, zone: ZoneInfo, start: int, end:
     # Two days always suffice: today's start if still ahead, else tomorrow's. A third covers zones
     # that skipped a whole calendar day (Pacific/Apia at the end of 2011).
     for days_ahead in range(3):
-        wall = dt.datetime.combine(local_day + dt.timedelta(days=days_ahead), dt.time(start))
-        candidate = resolve_local(wall, zone)
+        candidate = _day_starts(local_day + dt.timedelta(days=days_ahead), start, zone)
         if candidate > instant:
             return candidate
     raise AssertionError("unreachable: appropriate hours start within three days")
+
+
+@functools.lru_cache(maxsize=4096)
+def _day_starts(day: dt.date, start: int, zone: ZoneInfo) -> dt.datetime:
+    """The instant appropriate hours start on a local day: the same for every notification of a night."""
+    return resolve_local(dt.datetime.combine(day, dt.time(start)), zone)
 
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -169,8 +174,7 @@ def plan_delivery(
     earliest = max(scheduled, now)
     if window is not None:
         return Plan(scheduled, window.holds(scheduled, zone), window.next_opening(earliest, zone))
-    return Plan(
-        scheduled_time=scheduled,
-        appropriate_delivery=in_appropriate_hours(scheduled, zone, start, end),
-        due_at=next_appropriate_time(earliest, zone, start, end),
-    )
+    appropriate = in_appropriate_hours(scheduled, zone, start, end)
+    if appropriate and earliest is scheduled:
+        return Plan(scheduled, True, scheduled)  # what next_appropriate_time answers, without asking again
+    return Plan(scheduled, appropriate, next_appropriate_time(earliest, zone, start, end))

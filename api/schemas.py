@@ -66,6 +66,31 @@ class TimezoneField(fields.Field[ZoneInfo]):
         return ZoneInfo(name)
 
 
+class QuickLoad(Schema):
+    """A schema whose usual input ``quick_load`` checks straight, without marshmallow's machinery.
+
+    ``quick_load`` returns what the schema's load would, or declines (None) whatever is unusual or
+    invalid, so that the schema decides it and words every error.
+    """
+
+    def quick_load(self, data: dict[str, Any]) -> dict[str, Any] | None:
+        return None
+
+    def load(
+        self,
+        data: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        *,
+        many: bool | None = None,
+        partial: bool | StrSequenceOrSet | None = None,
+        unknown: UnknownOption | None = None,
+    ) -> Any:
+        if not many and not partial and unknown is None and type(data) is dict:
+            loaded = self.quick_load(data)
+            if loaded is not None:
+                return loaded
+        return super().load(data, many=many, partial=partial, unknown=unknown)
+
+
 class NotificationRequest(Schema):
     recipient_id: fields.String = Text(required=True, validate=[validate.Length(min=1, max=255), printable])
     # Exactly one of content and template (see _content_or_template).
@@ -133,17 +158,17 @@ class NotificationRequest(Schema):
             raise ValidationError({name: ["The template gives this text."] for name in given})
 
 
-def _check_schedule(value: dt.datetime | None) -> None:
+def _check_schedule(value: dt.datetime | None, now: dt.datetime | None = None) -> None:
     if value is None:
         return
     if value.year < 1970:
         raise ValidationError("Must not be before 1970.")
     aware = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-    if aware - dt.datetime.now(dt.UTC) > MAX_SCHEDULE_AHEAD:
+    if aware - (now or dt.datetime.now(dt.UTC)) > MAX_SCHEDULE_AHEAD:
         raise ValidationError("Must be within ten years from now.")
 
 
-class PushRequest(NotificationRequest):
+class PushRequest(QuickLoad, NotificationRequest):
     """A push notification; its ``data`` may not use the keys FCM reserves (see reserved_data_keys)."""
 
     title = Text(validate=validate.Length(max=255), load_default=None)
@@ -176,20 +201,8 @@ class PushRequest(NotificationRequest):
         if reserved:
             raise ValidationError({key: ["Reserved by FCM; use another key."] for key in reserved})
 
-    def load(
-        self,
-        data: Mapping[str, Any] | Sequence[Mapping[str, Any]],
-        *,
-        many: bool | None = None,
-        partial: bool | StrSequenceOrSet | None = None,
-        unknown: UnknownOption | None = None,
-    ) -> Any:
-        # The usual request is checked straight (see plain_push); the schema words every error.
-        if not many and not partial and unknown is None and type(data) is dict:
-            loaded = plain_push(data)
-            if loaded is not None:
-                return loaded
-        return super().load(data, many=many, partial=partial, unknown=unknown)
+    def quick_load(self, data: dict[str, Any]) -> dict[str, Any] | None:
+        return plain_push(data)
 
 
 class EmailRequest(NotificationRequest):
@@ -239,15 +252,19 @@ def rendered_fields(channel: str, texts: dict[str, str]) -> dict[str, Any]:
     return loaded
 
 
-def plain_push(body: dict[str, Any]) -> dict[str, Any] | None:
+def plain_push(
+    body: dict[str, Any], *, fields: frozenset[str] = _PUSH_FIELDS, now: dt.datetime | None = None
+) -> dict[str, Any] | None:
     """What the schema's load of ``body`` returns, for a push request of the usual shape; else None.
 
     Requests spent most of their validation in marshmallow's machinery (a batch of 1,000, item
     after item). This checks the same rules straight, for values of the types JSON gives, and
     declines (None) whatever is unusual or invalid, so that the schema decides those and words
-    every error.
+    every error. ``fields`` are the keys ``body`` may have (a batch's item has its ``channel`` too);
+    ``now``, when given, is a time read before the schema's own would be: a scheduled time within ten
+    years of it is within ten years of the schema's ``now`` as well.
     """
-    if not body.keys() <= _PUSH_FIELDS:
+    if not body.keys() <= fields:
         return None
     recipient, content = body.get("recipient_id"), body.get("content")
     if not (_plain_text(recipient, 1, 255) and recipient.isprintable() and recipient.strip()):
@@ -263,7 +280,7 @@ def plain_push(body: dict[str, Any]) -> dict[str, Any] | None:
             return None
         try:
             scheduled_time = dt.datetime.fromisoformat(scheduled_time)  # as fields.DateTime does
-            _check_schedule(scheduled_time)
+            _check_schedule(scheduled_time, now)
         except (ValueError, ValidationError):
             return None
     title = body.get("title")
@@ -331,12 +348,58 @@ class BatchItem(fields.Field[dict[str, Any]]):
         return {"channel": channel, **self.schemas[channel].load(body)}
 
 
-class BatchRequest(Schema):
+MAX_BATCH = 1000
+
+
+class BatchRequest(QuickLoad):
     notifications = fields.List(
         BatchItem(metadata={"type": "object", "description": "a push or email request plus `channel`"}),
         required=True,
-        validate=validate.Length(min=1, max=1000),
+        validate=validate.Length(min=1, max=MAX_BATCH),
     )
+
+    def quick_load(self, data: dict[str, Any]) -> dict[str, Any] | None:
+        return plain_batch(data)
+
+
+_BATCH_PUSH_FIELDS = _PUSH_FIELDS | {"channel"}
+
+
+def plain_batch(body: dict[str, Any]) -> dict[str, Any] | None:
+    """What BatchRequest's load of ``body`` returns, for a batch of valid items; else None.
+
+    The list and its items are checked without marshmallow's machinery for each (a push item of the
+    usual shape by plain_push, an email item by its schema, as BatchItem does), and anything unusual
+    or invalid is declined (None), so that the schema decides it and words every error.
+    """
+    if body.keys() != {"notifications"}:
+        return None
+    items = body["notifications"]
+    if type(items) is not list or not 1 <= len(items) <= MAX_BATCH:
+        return None
+    loaded = []
+    email = BatchItem.schemas["email"]
+    now = dt.datetime.now(dt.UTC)  # once for the batch (see plain_push)
+    for item in items:
+        if type(item) is not dict:
+            return None
+        channel = item.get("channel")
+        if channel == "push":
+            push = plain_push(item, fields=_BATCH_PUSH_FIELDS, now=now)
+            if push is None:
+                return None
+            push["channel"] = "push"
+            loaded.append(push)
+        elif channel == "email":
+            request = dict(item)
+            del request["channel"]
+            try:
+                loaded.append({"channel": "email", **email.load(request)})
+            except ValidationError:
+                return None
+        else:
+            return None
+    return {"notifications": loaded}
 
 
 class BatchResponse(Schema):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import Counter
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -63,7 +64,7 @@ def accept(channel: str, fields: dict[str, Any], key: RequestKey | None = None) 
     now = dt.datetime.now(dt.UTC)
     profile = recipients.find(fields["recipient_id"])
     try:
-        row = _row(channel, fields, now, profile)
+        row = _row(channel, fields, now, profile, _Hours.configured())
     except _NoAddress as exc:
         raise Rejected({"recipient_id": [str(exc)]}) from None
     reason = recipients.opted_out(profile, channel, row["category"])
@@ -82,22 +83,69 @@ def accept_batch(items: list[dict[str, Any]], key: RequestKey | None = None) -> 
             return ids
     now = dt.datetime.now(dt.UTC)
     profiles = recipients.profiles(item["recipient_id"] for item in items)
-    rows, errors, opted_out = [], {}, {}
-    for index, item in enumerate(items):
-        profile = profiles.get(item["recipient_id"])
-        try:
-            row = _row(item.pop("channel"), item, now, profile, item=index)
-        except _NoAddress as exc:
-            errors[index] = {"recipient_id": [str(exc)]}
-            continue
-        rows.append(row)
-        if reason := recipients.opted_out(profile, row["channel"], row["category"]):
-            opted_out[index] = reason
-    if errors:
-        raise Rejected({"notifications": errors})
-    ids = _store(rows, ids, batch=True, opted_out=opted_out)
+    rows = _BatchRows(items, now, profiles, _Hours.configured())
+    if any("template" in item for item in items):
+        rows.make()  # templates are read from the database, which must not be asked while a COPY streams
+    ids = _store(rows, ids, batch=True, opted_out=rows.opted_out)
     logger.info("Accepted a batch of %d", len(ids))
     return ids
+
+
+class _BatchRows(Collection[dict[str, Any]]):
+    """A batch's rows, made the first time they are read: storage writes the first to the database
+    while the rest are made (a COPY streams them), and reading them again gives those made.
+
+    Reading them fills ``opted_out`` (the indexes of rows whose recipients opted out, and why). An
+    item that cannot be stored (an email without an address) makes the first reading end with
+    Rejected, after the last item, naming every such item; a template that does not render raises
+    its RenderError at once. Making a row must not use the database while they stream (the
+    connection is the COPY's): a batch that does (its templates) is made whole first, by ``make``.
+    """
+
+    def __init__(
+        self, items: list[dict[str, Any]], now: dt.datetime, profiles: dict[str, Recipient], hours: _Hours
+    ) -> None:
+        self.items, self.now, self.profiles, self.hours = items, now, profiles, hours
+        self.opted_out: dict[int, str] = {}
+        self.made: list[dict[str, Any]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __contains__(self, row: object) -> bool:
+        return any(made == row for made in self)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.made) if self.made is not None else self._make()
+
+    def make(self) -> None:
+        """Make every row now, not as they are read."""
+        if self.made is None:
+            for _made in self._make():
+                pass
+
+    def _make(self) -> Iterator[dict[str, Any]]:
+        made: list[dict[str, Any]] = []
+        errors: dict[int, Any] = {}
+        for index, item in enumerate(self.items):
+            profile = self.profiles.get(item["recipient_id"])
+            try:
+                row = _row(item.pop("channel"), item, self.now, profile, self.hours, item=index)
+            except _NoAddress as exc:
+                errors[index] = {"recipient_id": [str(exc)]}
+                continue
+            if errors:
+                continue  # none will be stored: the rest are made only for their errors
+            made.append(row)
+            # Without a profile there are no preferences to opt out by.
+            if profile is not None and (
+                reason := recipients.opted_out(profile, row["channel"], row["category"])
+            ):
+                self.opted_out[index] = reason
+            yield row
+        if errors:
+            raise Rejected({"notifications": errors})
+        self.made = made
 
 
 def force(notification_id: Any) -> Outcome:
@@ -151,9 +199,12 @@ def unsubscribe(recipient_id: str, category: str | None) -> None:
 def _replan(recipient: Recipient) -> None:
     """Move the recipient's Pending, unforced notifications to the due times its window gives now."""
     now = dt.datetime.now(dt.UTC)
+    hours = _Hours.configured()
     plans = {}
     for notification in queries.awaiting_delivery(recipient.id):
-        plan = _plan(from_db(notification.scheduled_time), ZoneInfo(notification.timezone), now, recipient)
+        plan = _plan(
+            from_db(notification.scheduled_time), ZoneInfo(notification.timezone), now, recipient, hours
+        )
         if to_db(plan.due_at) != notification.due_at:
             plans[notification.id] = transitions.Replan(
                 notification.message_seq, to_db(plan.due_at), plan.appropriate_delivery
@@ -164,15 +215,34 @@ def _replan(recipient: Recipient) -> None:
         logger.info("Moved %d notifications of a recipient to its delivery window", len(moved))
 
 
-def _plan(requested: dt.datetime | None, zone: ZoneInfo, now: dt.datetime, profile: Recipient | None) -> Plan:
-    config = current_app.config
+@dataclass(frozen=True)
+class _Hours:
+    """The service's appropriate hours and default zone, read from its config once for many plans."""
+
+    start: int
+    end: int
+    default_zone: ZoneInfo
+
+    @classmethod
+    def configured(cls) -> _Hours:
+        config = current_app.config
+        return cls(
+            config["APPROPRIATE_HOURS_START"],
+            config["APPROPRIATE_HOURS_END"],
+            ZoneInfo(config["DEFAULT_TIMEZONE"]),
+        )
+
+
+def _plan(
+    requested: dt.datetime | None, zone: ZoneInfo, now: dt.datetime, profile: Recipient | None, hours: _Hours
+) -> Plan:
     window = profile.delivery_window if profile is not None else None
     return plan_delivery(
         requested,
         zone,
         now=now,
-        start=config["APPROPRIATE_HOURS_START"],
-        end=config["APPROPRIATE_HOURS_END"],
+        start=hours.start,
+        end=hours.end,
         window=None if window is None else Window.of(window),
     )
 
@@ -196,7 +266,12 @@ def is_address(recipient_id: str) -> bool:
 
 
 def _row(
-    channel: str, fields: dict[str, Any], now: dt.datetime, profile: Recipient | None, item: int | None = None
+    channel: str,
+    fields: dict[str, Any],
+    now: dt.datetime,
+    profile: Recipient | None,
+    hours: _Hours,
+    item: int | None = None,
 ) -> dict[str, Any]:
     """The stored form of a validated request: its texts rendered, its zone chosen, its time resolved
     into a due time.
@@ -204,27 +279,26 @@ def _row(
     The zone is the request's, else the recipient's, else the default. An email's recipient is an
     address, or a recipient with one (its address is read again when it is sent).
     """
-    fields = dict(fields)
     if channel == "email" and not is_address(fields["recipient_id"]) and not (profile and profile.email):
         raise _NoAddress("Must be an email address, or the id of a recipient whose profile has an email.")
     if "template" in fields:
         try:
-            fields = _rendered(channel, fields, profile)
+            fields = _rendered(channel, dict(fields), profile)
         except rendering.RenderError as exc:
             exc.item = item
             raise
-    zone = fields.pop("timezone") or ZoneInfo(
-        profile.timezone if profile and profile.timezone else current_app.config["DEFAULT_TIMEZONE"]
+    zone = fields["timezone"] or (
+        ZoneInfo(profile.timezone) if profile and profile.timezone else hours.default_zone
     )
-    plan = _plan(fields.pop("scheduled_time"), zone, now, profile)
-    return {
-        **fields,
-        "channel": channel,
-        "timezone": zone.key,
-        "scheduled_time": to_db(plan.scheduled_time),
-        "appropriate_delivery": plan.appropriate_delivery,
-        "due_at": to_db(plan.due_at),
-    }
+    plan = _plan(fields["scheduled_time"], zone, now, profile, hours)
+    row = dict(fields)  # the request's own fields, with these in place of what it asked for
+    row["channel"] = channel
+    row["timezone"] = zone.key
+    row["scheduled_time"] = scheduled = to_db(plan.scheduled_time)
+    row["appropriate_delivery"] = plan.appropriate_delivery
+    # Most are due as asked: the same instant, one value (which the COPY writes once).
+    row["due_at"] = scheduled if plan.due_at is plan.scheduled_time else to_db(plan.due_at)
+    return row
 
 
 def _rendered(channel: str, fields: dict[str, Any], profile: Recipient | None) -> dict[str, Any]:
@@ -273,11 +347,12 @@ def _ids_for(key: RequestKey, count: int) -> tuple[list[str], bool]:
 
 
 def _store(
-    rows: list[dict[str, Any]], ids: list[str] | None, *, batch: bool, opted_out: dict[int, str]
+    rows: Collection[dict[str, Any]], ids: list[str] | None, *, batch: bool, opted_out: dict[int, str]
 ) -> list[str]:
     """Store accepted rows, under ``ids`` if given; wake the schedulers if one falls due soon.
 
-    A batch is stored all or none, in a transaction of its own; a single row commits together with
+    A batch is stored all or none, in a transaction of its own (its rows may be made as they are
+    stored, see _BatchRows, and ``opted_out`` filled meanwhile); a single row commits together with
     those other threads of this process store at the same time (see ingest.create). The rows at
     the indexes ``opted_out`` names are then cancelled for the reason it gives: their recipients
     opted out (accepted all the same, so that senders need no special case).

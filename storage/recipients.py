@@ -10,7 +10,7 @@ import peewee
 
 from storage import events, status_events
 from storage.clock import utcnow
-from storage.database import db
+from storage.database import db, is_postgres
 from storage.models import CANCELLED, PENDING, Delivery, Device, Notification, NotificationEvent, Recipient
 
 # The profile's fields a client sets; the rest (id, created_at, updated_at) the storage keeps.
@@ -41,12 +41,27 @@ def _find_sql(database: str) -> str:
     return Recipient.select().where(Recipient.id == "").sql()[0]
 
 
+# A character no recipient id holds (the API takes printable ones only; an id with it is looked up
+# in a list), and the same as an SQL literal.
+_SEPARATOR, _SPLIT = "\x1f", "E'\\x1f'"
+
+
 def profiles(recipient_ids: Iterable[str]) -> dict[str, Recipient]:
     """The profiles of those of ``recipient_ids`` that have one, by id, in one query."""
-    wanted = set(recipient_ids)
+    wanted = list(set(recipient_ids))
     if not wanted:
         return {}
-    return {r.id: r for r in Recipient.select().where(Recipient.id.in_(list(wanted)))}
+    found: Iterable[Recipient]
+    joined = _SEPARATOR.join(wanted)
+    if is_postgres() and joined.count(_SEPARATOR) == len(wanted) - 1 and "" not in wanted:
+        # The ids as one text that PostgreSQL splits: a thousand values as a list cost more to build,
+        # send and parse than the query (peewee's IN list, or psycopg2's ARRAY[...], 5 and 1.6 ms).
+        found = Recipient.raw(
+            f"SELECT * FROM recipient WHERE id = ANY(string_to_array(%s, {_SPLIT}))", joined
+        )
+    else:
+        found = Recipient.select().where(Recipient.id.in_(wanted))
+    return {r.id: r for r in found}
 
 
 def replace(recipient_id: str, profile: dict[str, Any]) -> tuple[Recipient, bool]:

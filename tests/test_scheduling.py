@@ -133,3 +133,20 @@ def test_local_wall_time_round_trips_unless_it_does_not_exist(wall, zone_name):
     if back != wall:
         # Only a wall time in a gap moves, and then forward, by at most the gap.
         assert wall < back <= wall + dt.timedelta(hours=24)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    requested=st.none() | instants,
+    now=instants,
+    zone_name=st.sampled_from(ZONES),
+    window=hours,
+)
+def test_a_plan_is_its_definition(requested, now, zone_name, window):
+    """The plan answers without asking twice when the time asked for is due as it is; the same plan."""
+    zone, (start, end) = ZoneInfo(zone_name), window
+    plan = plan_delivery(requested, zone, now=now, start=start, end=end)
+    scheduled = now if requested is None else requested
+    assert plan.scheduled_time == scheduled
+    assert plan.appropriate_delivery == in_appropriate_hours(scheduled, zone, start, end)
+    assert plan.due_at == next_appropriate_time(max(scheduled, now), zone, start, end)

@@ -6,13 +6,18 @@ import datetime as dt
 import subprocess
 import sys
 import threading
+import uuid
 
+import hypothesis
+import peewee
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import storage
 from harness.factories import make, take
-from storage import events, ingest, models, queries, schedule, transitions
-from storage.clock import utcnow
+from storage import events, ingest, models, queries, recipients, schedule, transitions
+from storage.clock import to_db, utcnow
 
 
 def test_create_records_a_created_event(db):
@@ -50,12 +55,17 @@ def test_created_is_read_from_the_row_not_stored_twice(db):
     assert queries.history("00000000-0000-0000-0000-000000000000") == []
 
 
-def test_a_batch_is_created_without_event_rows(db):
+def due_now_row():
+    """A validated push request as the API stores it, due now."""
     now = utcnow()
-    row = {
+    return {
         "channel": "push", "recipient_id": "r1", "content": "hello", "timezone": "UTC",
         "scheduled_time": now, "appropriate_delivery": True, "due_at": now,
     }  # fmt: skip
+
+
+def test_a_batch_is_created_without_event_rows(db):
+    row = due_now_row()
     ids = ingest.create_many([row, row], host="api-2")
     assert models.NotificationEvent.select().count() == 0
     assert [[(e.kind, e.host) for e in queries.history(i)] for i in ids] == [[("created", "api-2")]] * 2
@@ -86,6 +96,61 @@ def test_a_batch_stores_every_character_as_sent(db):
         pushed.created_at,
         pushed.created_at,
     )
+
+
+def test_a_batch_that_fails_stores_none_of_its_rows(db):
+    row = due_now_row()
+    first, second = ingest.new_ids(2)
+    with pytest.raises(peewee.IntegrityError):
+        ingest.create_many([row, row, row], host="api-2", ids=[first, second, first])
+    assert models.Notification.select().count() == 0
+    with pytest.raises(peewee.IntegrityError), storage.db.atomic():
+        ingest.create_many([row], host="api-2", ids=[first])
+        ingest.create_many([row], host="api-2", ids=[first])  # inside a transaction of the caller's
+    assert models.Notification.select().count() == 0
+
+
+@given(randomness=st.binary(min_size=0, max_size=16 * 8).map(lambda b: b[: len(b) // 16 * 16]))
+@hypothesis.settings(max_examples=200, deadline=None, database=None)
+def test_new_ids_are_the_version_4_uuids_of_their_randomness(randomness):
+    expected = [
+        str(uuid.UUID(bytes=randomness[i : i + 16], version=4)) for i in range(0, len(randomness), 16)
+    ]
+    assert ingest.uuids_of(randomness) == expected
+
+
+@given(
+    moment=st.datetimes(
+        dt.datetime(1970, 1, 1),
+        dt.datetime(2200, 1, 1),
+        timezones=st.sampled_from([dt.UTC, dt.timezone(dt.timedelta(hours=-5))]),
+    ),
+    fold=st.sampled_from([0, 1]),
+)
+def test_a_stored_time_is_the_naive_utc_of_the_instant(moment, fold):
+    moment = moment.replace(fold=fold)
+    stored = to_db(moment)
+    expected = moment.astimezone(dt.UTC).replace(tzinfo=None)
+    assert (stored, stored.tzinfo, stored.fold) == (expected, None, expected.fold)
+
+
+def test_profiles_are_read_in_one_query_as_stored(db):
+    ada, bob, nobody = (f"{name}-{uuid.uuid4().hex[:8]}" for name in ("ada", "bob", "nobody"))
+    window = {"start": "09:00", "end": "17:00", "days": ["mon"]}
+    recipients.replace(ada, {"timezone": "Europe/Warsaw", "delivery_window": window})
+    recipients.replace(bob, {"preferences": {"channels": {"push": False}}})
+    found = recipients.profiles([ada, bob, ada, nobody])
+    assert sorted(found) == sorted([ada, bob])
+    assert (found[ada].timezone, found[ada].delivery_window, found[ada].preferences) == (
+        "Europe/Warsaw",
+        window,
+        None,
+    )
+    assert found[bob].preferences == {"channels": {"push": False}}
+    assert recipients.profiles([]) == {}
+    odd = f"odd\x1f{ada}"  # holds the character the usual lookup joins the ids with
+    recipients.replace(odd, {"locale": "pl"})
+    assert sorted(recipients.profiles([ada, odd, ""])) == sorted([ada, odd])
 
 
 def test_take_due_takes_only_rows_within_the_horizon(db):
