@@ -47,13 +47,15 @@ def next_appropriate_time(instant: dt.datetime, zone: ZoneInfo, start: int, end:
     if in_appropriate_hours(instant, zone, start, end):
         return instant
     local_day = instant.astimezone(zone).date()
-    # Two days always suffice: today's start if still ahead, else tomorrow's. A third covers zones
-    # that skipped a whole calendar day (Pacific/Apia at the end of 2011).
-    for days_ahead in range(3):
+    # Two days usually suffice: today's start if still ahead, else tomorrow's. More cover zones that
+    # skipped a whole calendar day (Pacific/Apia at the end of 2011), and a day whose hours fall
+    # wholly in a clock change's gap (0-1 in Chile/Continental when 00:00 became 01:00): a start
+    # moved past the gap may lie outside the hours, and that day has none.
+    for days_ahead in range(4):
         candidate = _day_starts(local_day + dt.timedelta(days=days_ahead), start, zone)
-        if candidate > instant:
+        if candidate > instant and in_appropriate_hours(candidate, zone, start, end):
             return candidate
-    raise AssertionError("unreachable: appropriate hours start within three days")
+    raise AssertionError("unreachable: appropriate hours start within four days")
 
 
 @functools.lru_cache(maxsize=4096)

@@ -98,6 +98,13 @@ def test_zone_that_skipped_a_whole_day():
     assert due.astimezone(apia).isoformat() == "2011-12-31T08:00:00+14:00"
 
 
+def test_a_day_whose_hours_fall_in_a_clock_change_s_gap_has_none():
+    santiago = ZoneInfo("Chile/Continental")  # 2000-10-15 00:00 became 01:00
+    evening = dt.datetime(2000, 10, 14, 1, 30, tzinfo=santiago)
+    due = next_appropriate_time(evening, santiago, 0, 1)
+    assert due.astimezone(santiago).isoformat() == "2000-10-16T00:00:00-03:00"
+
+
 ZONES = sorted(z for z in available_timezones() if "/" in z and not z.startswith(("Etc/", "SystemV/")))
 instants = st.datetimes(min_value=dt.datetime(1990, 1, 1), max_value=dt.datetime(2037, 12, 31)).map(
     lambda d: d.replace(tzinfo=UTC)
