@@ -190,7 +190,7 @@ class _Batch:
             _skip_stale(self.seqs, {n.id for n in claimed})
         self.plans = deliveries.plan(
             [
-                deliveries.Claim(n.id, n.recipient_id, n.attempt_count, n.attempts_at_force)
+                deliveries.Claim(n.id, n.recipient_id, n.attempt_count, n.attempts_at_force, n.has_devices)
                 for n in claimed
                 if n.channel == "push"
             ],
@@ -199,7 +199,7 @@ class _Batch:
         )
         self.untried.extend(claimed)
         # Read now, not at acceptance: a profile changed since then still holds.
-        self.profiles = recipients.profiles(n.recipient_id for n in claimed)
+        self.profiles = recipients.profiles(n.recipient_id for n in claimed if n.has_profile is not False)
         while self.untried:
             if self.clock() - self.started > settings.PROCESSING_LEASE / 2:
                 # A slow provider used up half the claim: give the rest back before it runs out.

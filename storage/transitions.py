@@ -48,10 +48,21 @@ class Claimed(NamedTuple):
     urgency: str | None = None
     collapse_key: str | None = None
     category: str | None = None
+    # Whether the recipient has an active device and a profile, when the claim could say at once
+    # (None: not known, to be looked up); most recipients of a webhook have neither.
+    has_devices: bool | None = None
+    has_profile: bool | None = None
 
 
-# Claimed's columns, in its order; the id as text, as every caller wants it.
-_CLAIMED_COLUMNS = "n.id::text, " + ", ".join(f"n.{name}" for name in Claimed._fields[1:])
+# Claimed's columns, in its order; the id as text, as every caller wants it. The two last, a look
+# each at an index in the claiming statement, spare the message a query each when it is False.
+_CLAIMED_COLUMNS = (
+    "n.id::text, "
+    + ", ".join(f"n.{name}" for name in Claimed._fields[1:-2])
+    + ", n.channel = 'push' AND EXISTS"
+    " (SELECT 1 FROM device d WHERE d.recipient_id = n.recipient_id AND d.active)"
+    ", EXISTS (SELECT 1 FROM recipient r WHERE r.id = n.recipient_id)"
+)
 
 
 def _conflict_or_missing(notification_id: Any, action: str, allowed: Iterable[str]) -> TransitionConflict:
@@ -238,7 +249,12 @@ def claim(seqs: Mapping[Any, int], *, host: str, lease: float) -> list[Claimed]:
         for row in claimed:
             events.record(row.id, "attempt", host, detail=f"attempt {row.attempt_count}", at=now)
     rows = sorted(claimed, key=lambda row: (row.due_at, str(row.id)))
-    return [Claimed._make(str(r.id) if f == "id" else getattr(r, f) for f in Claimed._fields) for r in rows]
+    # Whether the recipients have devices or profiles is left to be looked up (None).
+    columns = Claimed._fields[:-2]
+    return [
+        Claimed._make([str(r.id) if f == "id" else getattr(r, f) for f in columns] + [None, None])
+        for r in rows
+    ]
 
 
 def stale(seqs: Mapping[Any, int]) -> list[str]:
