@@ -310,6 +310,15 @@ def pg_recording(held: str = "", *, by_device: bool = True) -> str:
     return (_PG_RECORDING + (_PG_RECORDING_DEVICES if by_device else "")).format(held=held)
 
 
+def pg_recording_types(*, by_device: bool = True) -> tuple[str, ...]:
+    """The types of ``pg_recording``'s parameters, in their order, for a prepared statement."""
+    deliveries: tuple[str, ...] = ("timestamp", "uuid[]", "uuid[]", "uuid[]", "text[]", "text[]", "int[]")
+    deliveries += ("text[]", "text[]", "timestamp[]")
+    if not by_device:
+        return deliveries
+    return (*deliveries, "timestamp", "text", "uuid[]", "text[]", "text[]", "timestamp", "uuid[]", "uuid[]")
+
+
 def pg_recording_params(results: Sequence[Result], at: dt.datetime, host: str) -> tuple[Any, ...]:
     """The parameters of ``pg_recording``'s CTEs, in their order: arrays, one per column."""
     by_device = [r for r in results if r.device_id is not None]

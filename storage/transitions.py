@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 from storage import deliveries, events, status_events
 from storage.clock import utcnow
-from storage.database import db, is_postgres
+from storage.database import Prepared, db, is_postgres
 from storage.models import CANCELLED, DELIVERED, FAILED, PENDING, PROCESSING, Notification
 from storage.queries import get
 
@@ -146,12 +146,12 @@ def force(notification_id: Any, *, host: str, lease: float) -> Notification:
 
 # On PostgreSQL each of the worker's two writes per message is one statement for all the message's
 # rows, the transitions and their events together through data-modifying CTEs, with the SQL written
-# once. Every statement that changes many rows locks them in id order first, so that two of them
-# racing over the same rows queue rather than deadlock.
+# once and prepared once per connection. Every statement that changes many rows locks them in id
+# order first, so that two of them racing over the same rows queue rather than deadlock.
 # Rows are looked up by id alone, then checked: a condition on ``status`` would let the planner
 # scan a status index instead, which its statistics, stale after a bulk load, can make look cheap
 # (it then reads every Pending row for each statement).
-_PG_CLAIM = f"""
+_PG_CLAIM_SQL = f"""
 WITH wanted AS (
     SELECT * FROM unnest(%s::uuid[], %s::int[]) AS w(id, seq)
 ), locked AS (
@@ -171,6 +171,9 @@ WITH wanted AS (
 )
 SELECT {_CLAIMED_COLUMNS} FROM claimed n ORDER BY n.due_at, n.id
 """
+_PG_CLAIM = Prepared(
+    "claim_notifications", _PG_CLAIM_SQL, ("uuid[]", "int[]", "uuid[]", "timestamp", "text", "timestamp")
+)
 
 # Marks rows delivered; what follows it writes the status events, the "delivered" events, and the
 # deliveries too when there are any.
@@ -194,14 +197,24 @@ INSERT INTO notification_event (notification_id, kind, at, host, detail)
 SELECT id, 'delivered', delivered_at, %s, detail FROM changed
 RETURNING notification_id
 """
-_PG_DELIVERED = _PG_MARK_DELIVERED + _PG_ANNOUNCE_DELIVERED + _PG_LOG_DELIVERED
+_PG_MARKING_TYPES = ("uuid[]", "int[]", "text[]", "uuid[]", "timestamp", "timestamp")
+_PG_LOGGING_TYPES = ("boolean", "text")
+_PG_DELIVERED = Prepared(
+    "mark_delivered",
+    _PG_MARK_DELIVERED + _PG_ANNOUNCE_DELIVERED + _PG_LOG_DELIVERED,
+    _PG_MARKING_TYPES + _PG_LOGGING_TYPES,
+)
 # With the push notifications' deliveries, those of the rows it marked: by device or not.
 _PG_DELIVERED_RECORDING = {
-    by_device: _PG_MARK_DELIVERED
-    + ","
-    + deliveries.pg_recording("WHERE notification_id IN (SELECT id FROM changed)", by_device=by_device)
-    + _PG_ANNOUNCE_DELIVERED
-    + _PG_LOG_DELIVERED
+    by_device: Prepared(
+        "mark_delivered_recording" + ("_devices" if by_device else ""),
+        _PG_MARK_DELIVERED
+        + ","
+        + deliveries.pg_recording("WHERE notification_id IN (SELECT id FROM changed)", by_device=by_device)
+        + _PG_ANNOUNCE_DELIVERED
+        + _PG_LOG_DELIVERED,
+        _PG_MARKING_TYPES + deliveries.pg_recording_types(by_device=by_device) + _PG_LOGGING_TYPES,
+    )
     for by_device in (False, True)
 }
 
@@ -222,7 +235,7 @@ def claim(seqs: Mapping[Any, int], *, host: str, lease: float) -> list[Claimed]:
     lease_until = now + dt.timedelta(seconds=lease)
     if is_postgres():
         ids, numbers = _pg_arrays(seqs)
-        cursor = db.execute_sql(_PG_CLAIM, (ids, numbers, ids, lease_until, host, now))
+        cursor = _PG_CLAIM.execute((ids, numbers, ids, lease_until, host, now))
         # Plain tuples: a model instance per row cost more than the statement.
         data = Notification.data.python_value
         return [Claimed._make((*row[:6], data(row[6]), *row[7:])) for row in cursor.fetchall()]
@@ -305,12 +318,12 @@ def mark_delivered(
         texts = [details.get(nid) for nid in ids]
         announce = status_events.enabled()
         if not outcomes:
-            cursor = db.execute_sql(_PG_DELIVERED, (ids, numbers, texts, ids, now, now, announce, host))
+            cursor = _PG_DELIVERED.execute((ids, numbers, texts, ids, now, now, announce, host))
             return {str(row[0]) for row in cursor.fetchall()}
         statement = _PG_DELIVERED_RECORDING[any(o.device_id is not None for o in outcomes)]
         recording = deliveries.pg_recording_params(outcomes, now, host)
         params = (ids, numbers, texts, ids, now, now, *recording, announce, host)
-        return {str(row[0]) for row in db.execute_sql(statement, params).fetchall()}
+        return {str(row[0]) for row in statement.execute(params).fetchall()}
     done = set()
     with db.atomic():
         for notification_id, seq in seqs.items():

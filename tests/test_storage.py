@@ -13,6 +13,7 @@ import storage
 from harness.factories import make, take
 from storage import devices, events, ingest, models, queries, recipients, schedule, transitions
 from storage.clock import utcnow
+from storage.database import Prepared
 
 
 def test_create_records_a_created_event(db):
@@ -149,6 +150,18 @@ def test_a_claim_on_postgres_says_whether_recipients_have_an_active_device_and_a
         ("bob", "push"): (False, False),
         ("cid", "push"): (False, False),  # its one device is disabled
     }
+
+
+def test_a_prepared_statement_runs_on_each_connection_a_new_one_included(db):
+    if not storage.is_postgres():
+        pytest.skip("PostgreSQL prepares statements; SQLite runs its own")
+    total = Prepared("test_total", "SELECT %s + %s", ("int", "int"))
+    assert total.execute((1, 2)).fetchone() == (3,)
+    assert total.execute((2, 3)).fetchone() == (5,), "prepared once, executed again"
+    storage.db.manual_close()  # as after an outage: the next query opens a new connection
+    assert total.execute((3, 4)).fetchone() == (7,), "prepared again on the new connection"
+    with pytest.raises(ValueError):
+        Prepared("test_wrong", "SELECT %s", ("int", "int"))
 
 
 def test_only_one_of_many_racing_claims_wins(db):
