@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import settings
 from actors.providers.base import (
+    BatchProvider,
     DeliveryError,
     Device,
     DeviceGone,
@@ -25,6 +26,7 @@ from actors.providers.smtp import SmtpFailover, SmtpProvider
 from actors.providers.webhook import WebhookProvider
 
 __all__ = [
+    "BatchProvider",
     "DeliveryError",
     "Device",
     "DeviceGone",

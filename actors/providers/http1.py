@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import socket
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -94,6 +95,33 @@ class Connection:
         if not keep:
             self.close()
         return response
+
+    def pipeline(self, requests: Sequence[bytes], *, max_body: int) -> tuple[list[Response], OSError | None]:
+        """Send several requests at once, then read their answers in order (RFC 9112 9.3.2).
+
+        Returns the answers read and, when fewer than the requests, why the rest are unanswered:
+        the error that closed the connection, or None where the server closed it after its last
+        answer (it serves no more on one connection). The unanswered may be sent again on a new one.
+        """
+        answers: list[Response] = []
+        try:
+            if self._sock is None:
+                self._open()
+            assert self._sock is not None
+            self._sock.sendall(b"".join(requests))
+            for _ in requests:
+                response, keep = self._read_response(max_body)
+                answers.append(response)
+                if not keep:
+                    self.close()
+                    break
+        except OSError as exc:
+            self.close()
+            return answers, exc
+        except BaseException:
+            self.close()
+            raise
+        return answers, None
 
     def close(self) -> None:
         if self._sock is not None:
