@@ -126,10 +126,14 @@ class DeliveryMetrics(dramatiq.Middleware):
             return
         metrics = self.metrics
         counts: collections.Counter[Observed] = collections.Counter()
+        lateness: dict[str, Any] = {}  # by channel, each looked up once
         for outcome in outcomes:
             if isinstance(outcome, delivery.Outcome) and outcome.delivered:
-                metrics.lateness.labels(outcome.channel).observe(outcome.lateness)
-                outcome = delivery.Outcome(outcome.channel, delivered=True)  # counted by channel alone
+                channel = outcome.channel
+                if channel not in lateness:
+                    lateness[channel] = metrics.lateness.labels(channel)
+                lateness[channel].observe(outcome.lateness)
+                outcome = delivery.Outcome(channel, delivered=True)  # counted by channel alone
             counts[outcome] += 1
         for outcome, count in counts.items():
             if isinstance(outcome, delivery.DeviceOutcome):

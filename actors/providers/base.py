@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,6 @@ class Provider(Protocol):
     def deliver(self, envelope: Envelope) -> str | None: ...
 
 
-@runtime_checkable
 class BatchProvider(Provider, Protocol):
     """A provider that also sends several envelopes at once (the webhook, pipelined).
 
