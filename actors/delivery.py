@@ -222,7 +222,7 @@ class _Batch:
         """Send the next notifications that go to the push provider alone in one go, if it can.
 
         At most as many as make up the next record, so that a worker killed meanwhile sends again
-        no more than it would have one by one.
+        at most a record's worth, as it would one by one (though more often all of it).
         """
         provider = provider_for("push")
         if not hasattr(provider, "deliver_many"):  # not a BatchProvider (the outbox, say)
