@@ -9,9 +9,11 @@ each channel (``PUSH_METRICS_PORT``, ``EMAIL_METRICS_PORT``) sums them over the 
 
 from __future__ import annotations
 
+import collections
 import logging
 import re
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +23,8 @@ from dramatiq.broker import MessageProxy
 from actors import delivery
 
 logger = logging.getLogger(__name__)
+
+Observed = delivery.Outcome | delivery.DeviceOutcome | delivery.DeviceDisabled
 
 # Seconds between a notification's due time and its delivery.
 LATENESS_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, float("inf"))
@@ -112,18 +116,31 @@ class DeliveryMetrics(dramatiq.Middleware):
     ) -> None:
         outcomes = getattr(delivery.current_outcome, "value", None) or []
         delivery.current_outcome.value = []
-        for outcome in outcomes:
-            self.observe(outcome)
+        self.observe_all(outcomes)
 
     after_skip_message = after_process_message
 
-    def observe(self, outcome: delivery.Outcome | delivery.DeviceOutcome | delivery.DeviceDisabled) -> None:
-        if isinstance(outcome, delivery.DeviceOutcome):
-            self.metrics.device_deliveries.labels(outcome.kind, outcome.outcome).inc()
-        elif isinstance(outcome, delivery.DeviceDisabled):
-            self.metrics.devices_disabled.labels(outcome.kind, reason_label(outcome.reason)).inc()
-        elif outcome.delivered:
-            self.metrics.delivered.labels(outcome.channel).inc()
-            self.metrics.lateness.labels(outcome.channel).observe(outcome.lateness)
-        else:
-            self.metrics.failed.labels(outcome.channel).inc()
+    def observe_all(self, outcomes: Sequence[Observed]) -> None:
+        """Count a message's outcomes: each counter once per label, by how many, and each lateness."""
+        if not outcomes:
+            return
+        metrics = self.metrics
+        counts: collections.Counter[Observed] = collections.Counter()
+        lateness: dict[str, Any] = {}  # by channel, each looked up once
+        for outcome in outcomes:
+            if isinstance(outcome, delivery.Outcome) and outcome.delivered:
+                channel = outcome.channel
+                if channel not in lateness:
+                    lateness[channel] = metrics.lateness.labels(channel)
+                lateness[channel].observe(outcome.lateness)
+                outcome = delivery.Outcome(channel, delivered=True)  # counted by channel alone
+            counts[outcome] += 1
+        for outcome, count in counts.items():
+            if isinstance(outcome, delivery.DeviceOutcome):
+                metrics.device_deliveries.labels(outcome.kind, outcome.outcome).inc(count)
+            elif isinstance(outcome, delivery.DeviceDisabled):
+                metrics.devices_disabled.labels(outcome.kind, reason_label(outcome.reason)).inc(count)
+            elif outcome.delivered:
+                metrics.delivered.labels(outcome.channel).inc(count)
+            else:
+                metrics.failed.labels(outcome.channel).inc(count)

@@ -6,6 +6,8 @@ import contextlib
 import logging
 import os
 import time
+import weakref
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -113,3 +115,36 @@ def write_transaction() -> Any:
     if isinstance(db.obj, peewee.SqliteDatabase):
         return db.atomic(lock_type="IMMEDIATE")
     return db.atomic()
+
+
+class Prepared:
+    """A PostgreSQL statement planned once per connection (``PREPARE``), then only executed.
+
+    For the workers' large statements, run once per few notifications: PostgreSQL spent as long
+    parsing and planning each of them as running it. ``sql`` takes ``%s`` parameters, each of the
+    type of its place in ``types``.
+    """
+
+    def __init__(self, name: str, sql: str, types: Sequence[str]) -> None:
+        parts = sql.split("%s")
+        if len(parts) - 1 != len(types):
+            raise ValueError(f"{name}: {len(parts) - 1} parameters, {len(types)} types")
+        body = parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], 1))
+        self.name = name
+        self.prepare = f"PREPARE {name} ({', '.join(types)}) AS {body}"
+        self.execute_sql = f"EXECUTE {name} ({', '.join(f'%s::{t}' for t in types)})"
+
+    def execute(self, params: Sequence[Any]) -> Any:
+        """Run it on this thread's connection, preparing it there first if need be; return the cursor."""
+        connection = db.connection()
+        names = _prepared.get(connection)
+        if names is None:
+            names = _prepared[connection] = set()
+        if self.name not in names:
+            db.execute_sql(self.prepare)
+            names.add(self.name)
+        return db.execute_sql(self.execute_sql, params)
+
+
+# The statements prepared on each connection; a new connection (after an outage) has none.
+_prepared: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()

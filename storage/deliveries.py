@@ -92,6 +92,8 @@ class Claim(NamedTuple):
     recipient_id: str
     attempt_count: int  # counting the attempt claimed
     attempts_at_force: int
+    # False when the claim found the recipient without an active device: none to look up then.
+    has_devices: bool | None = None
 
     @property
     def first(self) -> bool:
@@ -114,7 +116,9 @@ def plan(
     # untried forgets the ones it started (see forget_untried).
     existing = _of_notifications([c.notification_id for c in claims if c.attempt_count > 1])
     anew = {c.notification_id for c in claims if c.first or c.notification_id not in existing}
-    active = devices.active_of(c.recipient_id for c in claims if c.notification_id in anew)
+    active = devices.active_of(
+        c.recipient_id for c in claims if c.notification_id in anew and c.has_devices is not False
+    )
     pending_devices = devices.by_id(
         row.device_id
         for c in claims
@@ -304,6 +308,15 @@ def pg_recording(held: str = "", *, by_device: bool = True) -> str:
     Without ``by_device``, for outcomes of the webhook or outbox alone: a smaller statement to plan.
     """
     return (_PG_RECORDING + (_PG_RECORDING_DEVICES if by_device else "")).format(held=held)
+
+
+def pg_recording_types(*, by_device: bool = True) -> tuple[str, ...]:
+    """The types of ``pg_recording``'s parameters, in their order, for a prepared statement."""
+    deliveries: tuple[str, ...] = ("timestamp", "uuid[]", "uuid[]", "uuid[]", "text[]", "text[]", "int[]")
+    deliveries += ("text[]", "text[]", "timestamp[]")
+    if not by_device:
+        return deliveries
+    return (*deliveries, "timestamp", "text", "uuid[]", "text[]", "text[]", "timestamp", "uuid[]", "uuid[]")
 
 
 def pg_recording_params(results: Sequence[Result], at: dt.datetime, host: str) -> tuple[Any, ...]:

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 from storage import deliveries, events, status_events
 from storage.clock import utcnow
-from storage.database import db, is_postgres
+from storage.database import Prepared, db, is_postgres
 from storage.models import CANCELLED, DELIVERED, FAILED, PENDING, PROCESSING, Notification
 from storage.queries import get
 
@@ -48,10 +48,21 @@ class Claimed(NamedTuple):
     urgency: str | None = None
     collapse_key: str | None = None
     category: str | None = None
+    # Whether the recipient has an active device and a profile, when the claim could say at once
+    # (None: not known, to be looked up); most recipients of a webhook have neither.
+    has_devices: bool | None = None
+    has_profile: bool | None = None
 
 
-# Claimed's columns, in its order; the id as text, as every caller wants it.
-_CLAIMED_COLUMNS = "n.id::text, " + ", ".join(f"n.{name}" for name in Claimed._fields[1:])
+# Claimed's columns, in its order; the id as text, as every caller wants it. The two last, a look
+# each at an index in the claiming statement, spare the message a query each when it is False.
+_CLAIMED_COLUMNS = (
+    "n.id::text, "
+    + ", ".join(f"n.{name}" for name in Claimed._fields[1:-2])
+    + ", n.channel = 'push' AND EXISTS"
+    " (SELECT 1 FROM device d WHERE d.recipient_id = n.recipient_id AND d.active)"
+    ", EXISTS (SELECT 1 FROM recipient r WHERE r.id = n.recipient_id)"
+)
 
 
 def _conflict_or_missing(notification_id: Any, action: str, allowed: Iterable[str]) -> TransitionConflict:
@@ -135,12 +146,12 @@ def force(notification_id: Any, *, host: str, lease: float) -> Notification:
 
 # On PostgreSQL each of the worker's two writes per message is one statement for all the message's
 # rows, the transitions and their events together through data-modifying CTEs, with the SQL written
-# once. Every statement that changes many rows locks them in id order first, so that two of them
-# racing over the same rows queue rather than deadlock.
+# once and prepared once per connection. Every statement that changes many rows locks them in id
+# order first, so that two of them racing over the same rows queue rather than deadlock.
 # Rows are looked up by id alone, then checked: a condition on ``status`` would let the planner
 # scan a status index instead, which its statistics, stale after a bulk load, can make look cheap
 # (it then reads every Pending row for each statement).
-_PG_CLAIM = f"""
+_PG_CLAIM_SQL = f"""
 WITH wanted AS (
     SELECT * FROM unnest(%s::uuid[], %s::int[]) AS w(id, seq)
 ), locked AS (
@@ -160,6 +171,9 @@ WITH wanted AS (
 )
 SELECT {_CLAIMED_COLUMNS} FROM claimed n ORDER BY n.due_at, n.id
 """
+_PG_CLAIM = Prepared(
+    "claim_notifications", _PG_CLAIM_SQL, ("uuid[]", "int[]", "uuid[]", "timestamp", "text", "timestamp")
+)
 
 # Marks rows delivered; what follows it writes the status events, the "delivered" events, and the
 # deliveries too when there are any.
@@ -183,14 +197,24 @@ INSERT INTO notification_event (notification_id, kind, at, host, detail)
 SELECT id, 'delivered', delivered_at, %s, detail FROM changed
 RETURNING notification_id
 """
-_PG_DELIVERED = _PG_MARK_DELIVERED + _PG_ANNOUNCE_DELIVERED + _PG_LOG_DELIVERED
+_PG_MARKING_TYPES = ("uuid[]", "int[]", "text[]", "uuid[]", "timestamp", "timestamp")
+_PG_LOGGING_TYPES = ("boolean", "text")
+_PG_DELIVERED = Prepared(
+    "mark_delivered",
+    _PG_MARK_DELIVERED + _PG_ANNOUNCE_DELIVERED + _PG_LOG_DELIVERED,
+    _PG_MARKING_TYPES + _PG_LOGGING_TYPES,
+)
 # With the push notifications' deliveries, those of the rows it marked: by device or not.
 _PG_DELIVERED_RECORDING = {
-    by_device: _PG_MARK_DELIVERED
-    + ","
-    + deliveries.pg_recording("WHERE notification_id IN (SELECT id FROM changed)", by_device=by_device)
-    + _PG_ANNOUNCE_DELIVERED
-    + _PG_LOG_DELIVERED
+    by_device: Prepared(
+        "mark_delivered_recording" + ("_devices" if by_device else ""),
+        _PG_MARK_DELIVERED
+        + ","
+        + deliveries.pg_recording("WHERE notification_id IN (SELECT id FROM changed)", by_device=by_device)
+        + _PG_ANNOUNCE_DELIVERED
+        + _PG_LOG_DELIVERED,
+        _PG_MARKING_TYPES + deliveries.pg_recording_types(by_device=by_device) + _PG_LOGGING_TYPES,
+    )
     for by_device in (False, True)
 }
 
@@ -211,7 +235,7 @@ def claim(seqs: Mapping[Any, int], *, host: str, lease: float) -> list[Claimed]:
     lease_until = now + dt.timedelta(seconds=lease)
     if is_postgres():
         ids, numbers = _pg_arrays(seqs)
-        cursor = db.execute_sql(_PG_CLAIM, (ids, numbers, ids, lease_until, host, now))
+        cursor = _PG_CLAIM.execute((ids, numbers, ids, lease_until, host, now))
         # Plain tuples: a model instance per row cost more than the statement.
         data = Notification.data.python_value
         return [Claimed._make((*row[:6], data(row[6]), *row[7:])) for row in cursor.fetchall()]
@@ -238,7 +262,12 @@ def claim(seqs: Mapping[Any, int], *, host: str, lease: float) -> list[Claimed]:
         for row in claimed:
             events.record(row.id, "attempt", host, detail=f"attempt {row.attempt_count}", at=now)
     rows = sorted(claimed, key=lambda row: (row.due_at, str(row.id)))
-    return [Claimed._make(str(r.id) if f == "id" else getattr(r, f) for f in Claimed._fields) for r in rows]
+    # Whether the recipients have devices or profiles is left to be looked up (None).
+    columns = Claimed._fields[:-2]
+    return [
+        Claimed._make([str(r.id) if f == "id" else getattr(r, f) for f in columns] + [None, None])
+        for r in rows
+    ]
 
 
 def stale(seqs: Mapping[Any, int]) -> list[str]:
@@ -289,12 +318,12 @@ def mark_delivered(
         texts = [details.get(nid) for nid in ids]
         announce = status_events.enabled()
         if not outcomes:
-            cursor = db.execute_sql(_PG_DELIVERED, (ids, numbers, texts, ids, now, now, announce, host))
+            cursor = _PG_DELIVERED.execute((ids, numbers, texts, ids, now, now, announce, host))
             return {str(row[0]) for row in cursor.fetchall()}
         statement = _PG_DELIVERED_RECORDING[any(o.device_id is not None for o in outcomes)]
         recording = deliveries.pg_recording_params(outcomes, now, host)
         params = (ids, numbers, texts, ids, now, now, *recording, announce, host)
-        return {str(row[0]) for row in db.execute_sql(statement, params).fetchall()}
+        return {str(row[0]) for row in statement.execute(params).fetchall()}
     done = set()
     with db.atomic():
         for notification_id, seq in seqs.items():

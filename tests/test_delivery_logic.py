@@ -95,6 +95,22 @@ def test_a_transient_failure_is_retried_then_delivered(push, stub_broker, stub_w
     assert len(push.requests) == 2 and push.unique_ids() == 1
 
 
+def test_the_webhook_notifications_of_one_message_each_get_their_own_outcome(push, stub_broker, stub_worker):
+    # Due within the batching window, the three go in one message, sent to the webhook together.
+    delivered, retried, refused = (make(due_in=-0.03 + i * 0.01) for i in range(3))
+    push.script(200, 503, (400, {}, b"no such hook"))
+    dispatch_due()
+    drain(stub_broker, stub_worker)
+
+    assert (queries.get(delivered.id).status, queries.get(delivered.id).attempt_count) == ("Delivered", 1)
+    assert (queries.get(retried.id).status, queries.get(retried.id).attempt_count) == ("Delivered", 2)
+    assert events(retried.id) == ["attempt", "retry", "attempt", "delivered"]
+    failed = queries.get(refused.id)
+    assert (failed.status, events(refused.id)) == ("Failed", ["attempt", "failed"])
+    assert "HTTP 400 no such hook" in failed.last_error
+    assert len(push.requests) == 4 and push.unique_ids() == 3
+
+
 def test_the_retry_comes_no_earlier_than_retry_after_asks(push, stub_broker, stub_worker):
     # Without the header the retry would come after RETRY_DELAY: 10 ms in tests.
     push.script((503, {"Retry-After": "1"}))
@@ -135,32 +151,36 @@ def test_retries_exhausted_fail_with_the_last_error(push, stub_broker, stub_work
 
 
 def test_a_message_past_half_its_lease_gives_the_rest_back_to_its_retry(push, stub_broker, stub_worker):
-    first, second, third = (make(recipient_id=f"u{n}").id for n in range(3))
+    # More than go to the webhook in one go: some are still unsent when the time is up.
+    ids = {str(make(recipient_id=f"u{n}").id) for n in range(12)}
     seqs = {
         p.notification_id: p.seq
-        for p in schedule.take_due(horizon=settings.SCHEDULE_HORIZON, lease=settings.DISPATCH_LEASE, limit=10)
+        for p in schedule.take_due(horizon=settings.SCHEDULE_HORIZON, lease=settings.DISPATCH_LEASE, limit=20)
     }
-    assert len(seqs) == 3
+    assert set(seqs) == ids
 
     def clock() -> float:
-        # Half the lease goes by during the first delivery.
+        # Half the lease goes by during the first request.
         return settings.PROCESSING_LEASE if push.requests else 0.0
 
     with pytest.raises(TransientDeliveryError, match="ran out of time"):
         deliver(seqs, clock=clock)
-    assert queries.get(first).status == "Delivered"
-    for given_back in (second, third):
+    sent = {r.body["notification_id"] for r in push.requests}
+    assert sent and sent < ids, "what went in the first go is recorded, the rest given back"
+    for notification_id in sent:
+        assert queries.get(notification_id).status == "Delivered"
+    for given_back in ids - sent:
         row = queries.get(given_back)
         assert (row.status, row.attempt_count) == ("Pending", 0)
         assert events(given_back) == ["attempt", "deferred"]
 
     deliver_push.send(seqs)  # its retry: the same message again, as the Retries middleware sends it
     drain(stub_broker, stub_worker)
-    for notification_id in (first, second, third):
+    for notification_id in ids:
         row = queries.get(notification_id)
         assert (row.status, row.attempt_count) == ("Delivered", 1)
-    assert sorted(r.body["notification_id"] for r in push.requests) == sorted(map(str, seqs))
-    assert "skipped" not in events(first)  # what a retried message did already is not stale
+    assert sorted(r.body["notification_id"] for r in push.requests) == sorted(ids), "each sent once"
+    assert not any("skipped" in events(nid) for nid in sent)  # what a retried message did is not stale
 
 
 @pytest.mark.parametrize("since", ["forced", "cancelled"])

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actors.providers import Envelope, TransientDeliveryError
-from actors.providers.http1 import Connection, ProtocolError, Response
+from actors.providers import Envelope, PermanentDeliveryError, TransientDeliveryError
+from actors.providers.http1 import Connection, ConnectionClosed, ProtocolError, Response
 from actors.providers.webhook import WebhookProvider
 from harness.receivers import RawServer
 
@@ -147,6 +147,87 @@ def test_connection_close_header_ends_the_connection(serve, connect) -> None:
 
 OK = b"HTTP/1.1 200 OK\r\n"
 CHUNKED = OK + b"Transfer-Encoding: chunked\r\n\r\n"
+
+
+def test_pipelined_requests_get_their_answers_in_order_on_one_connection(serve, connect) -> None:
+    server = serve(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na",
+        b"HTTP/1.1 503 Busy\r\nContent-Length: 1\r\n\r\nb",
+        b"HTTP/1.1 201 Created\r\nContent-Length: 1\r\n\r\nc",
+    )
+    connection = connect(server)
+
+    answers, error = connection.pipeline([HEAD + b"{}"] * 3, max_body=10)
+
+    assert [(a.status, a.body) for a in answers] == [(200, b"a"), (503, b"b"), (201, b"c")]
+    assert error is None and connection.is_open
+    assert server.connections == 1 and server.requests == [HEAD + b"{}"] * 3
+
+
+@pytest.mark.parametrize(
+    ("after_first", "error"),
+    [
+        pytest.param(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", None, id="close"),
+        pytest.param(None, ConnectionClosed, id="closed-unanswered"),
+    ],
+)
+def test_pipelined_answers_stop_where_the_server_closes_the_connection(
+    serve, connect, after_first: bytes | None, error: type | None
+) -> None:
+    server = serve(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", after_first)
+    connection = connect(server)
+
+    answers, stopped_by = connection.pipeline([HEAD + b"{}"] * 3, max_body=10)
+
+    assert [a.status for a in answers] == ([200] if after_first is None else [200, 200])
+    assert stopped_by is None if error is None else isinstance(stopped_by, error)
+    assert not connection.is_open
+
+
+def test_webhook_sends_the_unanswered_again_on_a_new_connection(serve) -> None:
+    # The first connection answers the first of three and closes at the second; the next answers both.
+    empty = OK + b"Content-Length: 0\r\n\r\n"
+    server = serve(empty, None, empty, empty)
+    provider = WebhookProvider(f"http://127.0.0.1:{server.port}/push", timeout=TIMEOUT)
+    envelopes = [Envelope(f"p-{i}", "push", "user-42", "Shipped.") for i in range(3)]
+
+    assert provider.deliver_many(envelopes) == [None, None, None]
+    keys = [request.split(b"Idempotency-Key: ")[1].split(b"\r\n")[0] for request in server.requests]
+    assert keys[-2:] == [b"p-1", b"p-2"] and server.arrivals[-2:] == [2, 2]
+    provider.close()
+
+
+def test_webhook_gives_each_pipelined_notification_its_own_outcome(serve) -> None:
+    server = serve(
+        OK + b"Content-Length: 0\r\n\r\n",
+        b"HTTP/1.1 503 Busy\r\nRetry-After: 7\r\nContent-Length: 4\r\n\r\nbusy",
+        b"HTTP/1.1 400 Bad Request\r\nContent-Length: 2\r\n\r\nno",
+    )
+    provider = WebhookProvider(f"http://127.0.0.1:{server.port}/push", timeout=TIMEOUT)
+    envelopes = [Envelope(f"p-{i}", "push", "user-42", "Shipped.") for i in range(3)]
+
+    delivered, busy, refused = provider.deliver_many(envelopes)
+
+    assert delivered is None
+    assert (
+        isinstance(busy, TransientDeliveryError) and busy.retry_after == 7 and "HTTP 503 busy" in busy.reason
+    )
+    assert isinstance(refused, PermanentDeliveryError) and "HTTP 400 no" in refused.reason
+    assert server.connections == 1
+    provider.close()
+
+
+def test_webhook_fails_the_unanswered_transiently_when_the_server_stops_answering(serve) -> None:
+    server = serve(OK + b"Content-Length: 0\r\n\r\n")  # then it answers nothing
+    provider = WebhookProvider(f"http://127.0.0.1:{server.port}/push", timeout=0.5)
+    envelopes = [Envelope(f"p-{i}", "push", "user-42", "Shipped.") for i in range(3)]
+
+    delivered, *unanswered = provider.deliver_many(envelopes)
+
+    assert delivered is None
+    assert all(isinstance(e, TransientDeliveryError) and "timed out" in e.reason for e in unanswered)
+    assert unanswered[0] is not unanswered[1]
+    provider.close()
 
 
 @pytest.mark.parametrize(

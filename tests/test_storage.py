@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 
 import storage
 from harness.factories import make, take
-from storage import events, ingest, models, queries, recipients, schedule, transitions
+from storage import devices, events, ingest, models, queries, recipients, schedule, transitions
 from storage.clock import to_db, utcnow
+from storage.database import Prepared
 
 
 def test_create_records_a_created_event(db):
@@ -193,6 +194,39 @@ def test_claim_moves_to_processing_and_counts_the_attempt(db):
     assert transitions.claim({n.id: d.seq}, host="worker-2", lease=60) == [], (
         "a duplicate message does nothing"
     )
+
+
+def test_a_claim_on_postgres_says_whether_recipients_have_an_active_device_and_a_profile(db):
+    for recipient in ("ann", "bob", "cid"):
+        make(recipient_id=recipient)
+    make("email", recipient_id="ann")
+    devices.register("ann", kind="fcm", address="ann-phone")
+    recipients.replace("ann", {"email": "ann@example.com"})
+    gone, _ = devices.register("cid", kind="fcm", address="cid-phone")
+    devices.disable(gone.id, "UNREGISTERED")
+    claimed = transitions.claim({d.notification_id: d.seq for d in take()}, host="worker-1", lease=60)
+    said = {(c.recipient_id, c.channel): (c.has_devices, c.has_profile) for c in claimed}
+    if not storage.is_postgres():
+        assert set(said.values()) == {(None, None)}, "left to be looked up"
+        return
+    assert said == {
+        ("ann", "push"): (True, True),
+        ("ann", "email"): (False, True),  # an email goes to no device
+        ("bob", "push"): (False, False),
+        ("cid", "push"): (False, False),  # its one device is disabled
+    }
+
+
+def test_a_prepared_statement_runs_on_each_connection_a_new_one_included(db):
+    if not storage.is_postgres():
+        pytest.skip("PostgreSQL prepares statements; SQLite runs its own")
+    total = Prepared("test_total", "SELECT %s + %s", ("int", "int"))
+    assert total.execute((1, 2)).fetchone() == (3,)
+    assert total.execute((2, 3)).fetchone() == (5,), "prepared once, executed again"
+    storage.db.manual_close()  # as after an outage: the next query opens a new connection
+    assert total.execute((3, 4)).fetchone() == (7,), "prepared again on the new connection"
+    with pytest.raises(ValueError):
+        Prepared("test_wrong", "SELECT %s", ("int", "int"))
 
 
 def test_only_one_of_many_racing_claims_wins(db):

@@ -12,6 +12,7 @@ import pytest
 from actors import broker, delivery
 from actors.heartbeat import Heartbeat
 from actors.metrics import DeliveryMetrics
+from actors.providers import provider_for
 from harness.factories import make
 from harness.network import answers, free_port
 from harness.processes import Service, stop
@@ -70,6 +71,22 @@ def test_delivery_metrics_count_a_notification_once_with_its_lateness(db):
     assert lateness._sum.get() >= 30
     assert metrics.metrics.failed.labels("push")._value.get() == 0
     assert heartbeat.in_flight == 0
+
+
+def test_delivery_metrics_count_every_notification_of_a_message_once(db):
+    for recipient in ("r1", "r2", "r3"):
+        make(recipient_id=recipient)
+    taken = schedule.take_due(horizon=60, lease=600, limit=10)
+    message = delivery.ACTORS["push"].message({d.notification_id: d.seq for d in taken})
+    metrics = DeliveryMetrics()
+
+    handle([metrics], message)
+    handle([metrics], message)  # a duplicate of the same message does nothing
+
+    fallback = provider_for("push").name
+    assert metrics.metrics.delivered.labels("push")._value.get() == 3
+    assert sum(bucket.get() for bucket in metrics.metrics.lateness.labels("push")._buckets) == 3
+    assert metrics.metrics.device_deliveries.labels(fallback, "delivered")._value.get() == 3
 
 
 def await_value(url: str, name: str, timeout: float = 30, **labels: str) -> float:

@@ -11,6 +11,7 @@ import threading
 
 import settings
 from actors.providers.base import (
+    BatchProvider,
     DeliveryError,
     Device,
     DeviceGone,
@@ -27,6 +28,7 @@ from actors.providers.smtp import SmtpFailover, SmtpProvider
 from actors.providers.webhook import WebhookProvider
 
 __all__ = [
+    "BatchProvider",
     "DeliveryError",
     "Device",
     "DeviceGone",

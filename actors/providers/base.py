@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -57,6 +57,16 @@ class Provider(Protocol):
     name: str
 
     def deliver(self, envelope: Envelope) -> str | None: ...
+
+
+class BatchProvider(Provider, Protocol):
+    """A provider that also sends several envelopes at once (the webhook, pipelined).
+
+    ``deliver_many`` answers for each envelope, in order, what ``deliver`` would have done: None
+    for delivered, else the ``DeliveryError`` it would have raised.
+    """
+
+    def deliver_many(self, envelopes: Sequence[Envelope]) -> list[DeliveryError | None]: ...
 
 
 def http_failure(status: int, reason: str, retry_after: float | None) -> DeliveryError:

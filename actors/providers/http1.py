@@ -16,7 +16,7 @@ import ssl
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -98,13 +98,7 @@ class Connection:
         Any error closes it too: what is left of the answer on it can be read by nothing.
         """
         try:
-            if self._sock is not None and _readable(self._sock):
-                # Nothing was asked on it, so what is there is the server's close of an idle connection.
-                self.close()
-            if self._sock is None:
-                self._open()
-            assert self._sock is not None
-            self._sock.sendall(head + body)
+            self._ready().sendall(head + body)
             response, keep = self._read_response(max_body)
         except BaseException:
             self.close()
@@ -112,6 +106,30 @@ class Connection:
         if not keep:
             self.close()
         return response
+
+    def pipeline(self, requests: Sequence[bytes], *, max_body: int) -> tuple[list[Response], OSError | None]:
+        """Send several requests at once, then read their answers in order (RFC 9112 9.3.2).
+
+        Returns the answers read and, when fewer than the requests, why the rest are unanswered:
+        the error that closed the connection, or None where the server closed it after its last
+        answer (it serves no more on one connection). The unanswered may be sent again on a new one.
+        """
+        answers: list[Response] = []
+        try:
+            self._ready().sendall(b"".join(requests))
+            for _ in requests:
+                response, keep = self._read_response(max_body)
+                answers.append(response)
+                if not keep:
+                    self.close()
+                    break
+        except OSError as exc:
+            self.close()
+            return answers, exc
+        except BaseException:
+            self.close()
+            raise
+        return answers, None
 
     def close(self) -> None:
         if self._sock is not None:
@@ -122,6 +140,16 @@ class Connection:
                     reader.close()
             finally:
                 sock.close()
+
+    def _ready(self) -> socket.socket:
+        """The socket to send on: the kept one unless the server closed it meanwhile, else a new one."""
+        if self._sock is not None and _readable(self._sock):
+            # Nothing was asked on it, so what is there is the server's close of an idle connection.
+            self.close()
+        if self._sock is None:
+            self._open()
+        assert self._sock is not None
+        return self._sock
 
     def _open(self) -> None:
         sock = self._connect(self.host, self.port, self.timeout)

@@ -1,4 +1,4 @@
-"""Push notifications as a JSON POST to a webhook, over one kept-alive connection per thread."""
+"""Push notifications as a JSON POST to a webhook, over one kept-alive connection per thread, pipelined."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ import json
 import logging
 import re
 import ssl
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from actors.providers import http1
-from actors.providers.base import Envelope, PermanentDeliveryError, TransientDeliveryError
+from actors.providers.base import DeliveryError, Envelope, PermanentDeliveryError, TransientDeliveryError
 
 logger = logging.getLogger(__name__)
 
@@ -95,44 +96,61 @@ class WebhookProvider:
 
     def deliver(self, envelope: Envelope) -> None:
         """POST one notification; 2xx delivered, 408/429/5xx and network trouble transient."""
-        body = json.dumps(push_payload(envelope)).encode()
-        # The Idempotency-Key is the notification id: a UUID, or at least text the API validated.
-        head = (
-            f"{self._head}Idempotency-Key: {envelope.notification_id}\r\nContent-Length: {len(body)}\r\n\r\n"
-        )
-        try:
-            response = self._post(head.encode("latin-1", "replace"), body)
-        except OSError as exc:  # includes timeouts, refused connections and unreadable answers
-            raise TransientDeliveryError(f"POST {self.url}: {exc!r}") from exc
-        status = response.status
-        if 200 <= status <= 299:
-            logger.debug("Delivered %s via %r (%s)", envelope.notification_id, self, status)
-            return
-        text = response.body.decode("utf-8", "replace")
-        reason = f"POST {self.url}: HTTP {status} {text[:200]}".rstrip()
-        if status in _TRANSIENT_STATUSES or 500 <= status <= 599:
-            retry_after = parse_retry_after(response.headers.get("retry-after"))
-            raise TransientDeliveryError(reason, retry_after=retry_after)
-        raise PermanentDeliveryError(reason)
+        error = self.deliver_many([envelope])[0]
+        if error is not None:
+            raise error
+
+    def deliver_many(self, envelopes: Sequence[Envelope]) -> list[DeliveryError | None]:
+        """POST several notifications, pipelined on this thread's connection: ``deliver``'s answer for each.
+
+        The requests go at once and their answers are read in order. Those left unanswered because
+        the server closed the connection, after an answer or (a kept-alive one) before any, are sent
+        again on a new connection; the Idempotency-Key makes one more try safe.
+        """
+        requests = [self._request(envelope) for envelope in envelopes]
+        connection = self._connections.get(self.scheme, self.host, self.port)
+        outcomes: list[DeliveryError | None] = []
+        while len(outcomes) < len(requests):
+            done = len(outcomes)
+            # Only a kept-alive connection can have been closed by the server meanwhile.
+            reused = connection.is_open
+            answers, error = connection.pipeline(requests[done:], max_body=_MAX_BODY)
+            # Fewer answers than requests where the connection closed: the rest go again below.
+            answered = zip(envelopes[done:], answers, strict=False)
+            outcomes += [self._outcome(envelope, answer) for envelope, answer in answered]
+            if answers or error is None:
+                continue
+            if reused and isinstance(error, _STALE_CONNECTION_ERRORS):
+                logger.debug("Kept-alive connection of %r was closed; reconnecting", self)
+                continue
+            # Timeouts, refused connections and unreadable answers: the rest may pass later.
+            for _ in range(len(requests) - len(outcomes)):
+                failure = TransientDeliveryError(f"POST {self.url}: {error!r}")
+                failure.__cause__ = error
+                outcomes.append(failure)
+        return outcomes
 
     def close(self) -> None:
         """Close every thread's kept-alive connection (they reopen on the next delivery)."""
         self._connections.close()
 
-    def _post(self, head: bytes, body: bytes) -> http1.Response:
-        connection = self._connections.get(self.scheme, self.host, self.port)
-        # Only a kept-alive connection can have been closed by the server meanwhile.
-        reused = connection.is_open
-        try:
-            try:
-                return connection.request(head, body, max_body=_MAX_BODY)
-            except _STALE_CONNECTION_ERRORS:
-                if not reused:
-                    raise
-                # The server closed the idle connection; the Idempotency-Key makes one more try safe.
-                logger.debug("Kept-alive connection of %r was closed; reconnecting", self)
-                connection.close()
-                return connection.request(head, body, max_body=_MAX_BODY)
-        except BaseException:
-            connection.close()  # its state is unknown; the next delivery starts afresh
-            raise
+    def _request(self, envelope: Envelope) -> bytes:
+        body = json.dumps(push_payload(envelope)).encode()
+        # The Idempotency-Key is the notification id: a UUID, or at least text the API validated.
+        head = (
+            f"{self._head}Idempotency-Key: {envelope.notification_id}\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        return head.encode("latin-1", "replace") + body
+
+    def _outcome(self, envelope: Envelope, response: http1.Response) -> DeliveryError | None:
+        """None for a 2xx answer, else the error it is: transient for 408, 429 and 5xx."""
+        status = response.status
+        if 200 <= status <= 299:
+            logger.debug("Delivered %s via %r (%s)", envelope.notification_id, self, status)
+            return None
+        text = response.body.decode("utf-8", "replace")
+        reason = f"POST {self.url}: HTTP {status} {text[:200]}".rstrip()
+        if status in _TRANSIENT_STATUSES or 500 <= status <= 599:
+            retry_after = parse_retry_after(response.headers.get("retry-after"))
+            return TransientDeliveryError(reason, retry_after=retry_after)
+        return PermanentDeliveryError(reason)
