@@ -14,9 +14,12 @@ import subprocess
 import sys
 import time
 
+import http_ece
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from actors.providers import endpoints
 from actors.providers import webpush as webpush_module
@@ -315,6 +318,74 @@ def test_the_benchmarks_push_service_checks_as_the_other_and_decrypts_everything
     assert {r.json["notification_id"] for r in received} == {MESSAGE.notification_id}
     assert len(push.refusals) == 1 and "cannot decrypt" in push.refusals[0]
     assert push.connections == 1
+
+
+# RFC 8291 Appendix A: the receiver's keys and secret, the sender's key and salt, and the message.
+RFC_RECEIVER_PRIVATE = "q1dXpw3UpT5VOmu_cf_v6ih07Aems3njxI-JWgLcM94"
+RFC_RECEIVER_PUBLIC = (
+    "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4"
+)
+RFC_AUTH = "BTBZMqHH6r4Tts7J_aSIgg"
+RFC_SENDER_PRIVATE = "yfWPiYE-n46HLnH0KqZOF1fJJU3MYrct3AELtAQ-oRw"
+RFC_SALT = "DGv6ra1nlYgDCS1FRnbzlw"
+RFC_BODY = (
+    "DGv6ra1nlYgDCS1FRnbzlwAAEABBBP4z9KsN6nGRTbVYI_c7VJSPQTBtkgcy27mlmlMoZIIgDll6e3vCYLocInmYWAmS6Tlz"
+    "AC8wEqKK6PBru3jl7A_yl95bQpu6cVPTpK4Mqgkf1CXztLVBSt2Ks3oZwbuwXPXLWyouBWLVWGNWQexSgSxsj_Qulcy4a-fN"
+)
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _private(text: str) -> ec.EllipticCurvePrivateKey:
+    return ec.derive_private_key(int.from_bytes(_unb64(text), "big"), ec.SECP256R1())
+
+
+def test_encryption_gives_rfc_8291_s_example_byte_for_byte():
+    body = webpush_module.encrypt(
+        b"When I grow up, I want to be a watermelon",
+        RFC_RECEIVER_PUBLIC,
+        RFC_AUTH,
+        sender_key=_private(RFC_SENDER_PRIVATE),
+        salt=_unb64(RFC_SALT),
+    )
+    assert body == _unb64(RFC_BODY)
+    receiver = _private(RFC_RECEIVER_PRIVATE)
+    assert http_ece.decrypt(
+        body, private_key=receiver, auth_secret=_unb64(RFC_AUTH), version="aes128gcm"
+    ) == (b"When I grow up, I want to be a watermelon")
+
+
+@settings(max_examples=200, deadline=None)
+@given(payload=st.binary(max_size=MAX_PAYLOAD_BYTES), auth=st.binary(min_size=16, max_size=16))
+def test_every_payload_decrypts_with_the_reference_library_and_fits_4096_bytes(payload, auth):
+    receiver = ec.generate_private_key(ec.SECP256R1())
+    point = receiver.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
+    b64 = lambda raw: base64.urlsafe_b64encode(raw).rstrip(b"=").decode()  # noqa: E731
+
+    body = webpush_module.encrypt(payload, b64(point), b64(auth))
+
+    assert http_ece.decrypt(body, private_key=receiver, auth_secret=auth, version="aes128gcm") == payload
+    assert len(body) == len(payload) + 86 + 1 + 16 <= 4096
+    # A new key and salt for every message: the same payload never encrypts the same way twice.
+    assert body[:16] != webpush_module.encrypt(payload, b64(point), b64(auth))[:16]
+
+
+@pytest.mark.parametrize(
+    ("p256dh", "auth"),
+    [
+        ("BAAA" + "A" * 83, RFC_AUTH),  # 65 bytes, but not a point on P-256
+        (RFC_RECEIVER_PUBLIC[:-4], RFC_AUTH),  # too short
+        (RFC_RECEIVER_PUBLIC, "BTBZMqHH6r4Tts7J_aSI"),  # auth of 15 bytes
+        (RFC_RECEIVER_PUBLIC, "not base64 at all!"),
+    ],
+)
+def test_keys_that_are_not_a_subscription_s_are_a_value_error(p256dh, auth):
+    with pytest.raises(ValueError):
+        webpush_module.encrypt(b"x", p256dh, auth)
 
 
 def test_the_vapid_key_is_created_once_and_kept(key_file):

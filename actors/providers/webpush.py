@@ -1,8 +1,9 @@
 """Web Push and UnifiedPush: RFC 8030 delivery, RFC 8291 ``aes128gcm`` encryption, RFC 8292 VAPID.
 
-http_ece encrypts and py_vapid signs, the two libraries pywebpush is made of; pywebpush itself is not
-used, because importing it loads aiohttp (0.5 s and 23 MB in every process) and because its POST
-would follow redirects and read any size of answer. The endpoint is a URL a client chose: its form
+py_vapid signs, one of the two libraries pywebpush is made of (the other, http_ece, is what the
+encryption here is tested against). pywebpush itself is not used, because importing it loads
+aiohttp (0.5 s and 23 MB in every process) and because its POST would follow redirects and read
+any size of answer. The endpoint is a URL a client chose: its form
 is checked before each send, and each connection goes only to an address that was judged public
 when it was made; redirects are never followed, and no more than a little of an answer is read.
 The POST goes over the service's own HTTP/1.1 client (``http1``), one kept connection per push
@@ -12,6 +13,8 @@ service and thread: through ``requests`` it took two thirds of a delivery's time
 from __future__ import annotations
 
 import base64
+import functools
+import hmac
 import json
 import logging
 import os
@@ -22,9 +25,9 @@ import time
 from collections.abc import Collection
 from urllib.parse import urlsplit
 
-import http_ece
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from py_vapid import Vapid02
 
 import settings
@@ -72,16 +75,52 @@ def payload_bytes(message: PushMessage) -> bytes:
     return json.dumps(push_payload(envelope), separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def encrypt(payload: bytes, p256dh: str, auth: str) -> bytes:
-    """RFC 8291: ``payload`` as one aes128gcm record, for the subscription's public key and secret."""
-    # A new sender key for every message: the key exchange is what makes each message's key.
-    return http_ece.encrypt(
-        payload,
-        private_key=ec.generate_private_key(ec.SECP256R1()),
-        dh=_unb64url(p256dh),
-        auth_secret=_unb64url(auth),
-        version="aes128gcm",
+def encrypt(
+    payload: bytes,
+    p256dh: str,
+    auth: str,
+    *,
+    sender_key: ec.EllipticCurvePrivateKey | None = None,
+    salt: bytes | None = None,
+) -> bytes:
+    """RFC 8291: ``payload`` as one aes128gcm record (RFC 8188), for the subscription's key and secret.
+
+    Written here rather than called from http_ece, which took 0.26 ms of CPU a message against
+    0.17 ms for this (a quarter of a worker's CPU per Web Push delivery); the key exchange and the new
+    key of each message are most of what is left. ``sender_key`` and ``salt`` are for tests: each
+    message gets a new key and salt, as the key exchange is what makes each message's key.
+    """
+    secret = _unb64url(auth)
+    if len(secret) != 16:
+        raise ValueError(f"auth is {len(secret)} bytes, not 16")
+    receiver = _unb64url(p256dh)
+    key = sender_key or ec.generate_private_key(ec.SECP256R1())
+    sender = key.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
     )
+    shared = key.exchange(ec.ECDH(), _public_key(receiver))
+    # HKDF-SHA-256 (RFC 5869), each output at most one hash long: extract, then one expand block.
+    ikm = _hmac(_hmac(secret, shared), b"WebPush: info\x00" + receiver + sender + b"\x01")
+    salt = salt or os.urandom(16)
+    prk = _hmac(salt, ikm)
+    content_key = _hmac(prk, b"Content-Encoding: aes128gcm\x00\x01")[:16]
+    nonce = _hmac(prk, b"Content-Encoding: nonce\x00\x01")[:12]
+    # One record, the last (delimiter 2), unpadded; the record size is what http_ece writes.
+    header = salt + _RECORD_SIZE + bytes([len(sender)]) + sender
+    return header + AESGCM(content_key).encrypt(nonce, payload + b"\x02", None)
+
+
+_RECORD_SIZE = (4096).to_bytes(4, "big")
+
+
+def _hmac(key: bytes, message: bytes) -> bytes:
+    return hmac.digest(key, message, "sha256")
+
+
+@functools.lru_cache(maxsize=4096)
+def _public_key(point: bytes) -> ec.EllipticCurvePublicKey:
+    """A subscription's public key: checked to be a point on P-256 once, not for every message."""
+    return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
 
 
 def _unb64url(text: str) -> bytes:
@@ -134,7 +173,7 @@ class WebPushSender:
             )
         try:
             encrypted = encrypt(body, device.p256dh, device.auth)
-        except (ValueError, http_ece.ECEException) as exc:  # a key that is no P-256 point, or no base64
+        except ValueError as exc:  # a key that is no P-256 point, an auth not 16 bytes, or no base64
             raise PermanentDeliveryError(f"{origin}: bad subscription keys: {exc!r}") from None
         head = (
             f"POST {target} HTTP/1.1\r\nHost: {origin.partition('://')[2]}\r\n"
