@@ -22,6 +22,7 @@ from actors import queues
 from harness.network import free_port
 from harness.processes import ROOT
 from harness.servers import unavailable
+from harness.waiting import wait_until
 
 
 @pytest.fixture
@@ -286,7 +287,10 @@ def test_quorum_declares_the_queue_its_delay_and_dead_letter_queues_quorum_and_d
         broker.enqueue(message(1))
         method, _properties, _body = broker.channel.basic_get("push", auto_ack=False)
         broker.channel.basic_nack(method.delivery_tag, requeue=False)  # what Dramatiq does to a failure
-        (push,) = queues.stats(broker, ["push"])
+        # A quorum queue dead-letters asynchronously: the message reaches push.XQ a moment later.
+        (push,) = wait_until(
+            lambda: [s for s in queues.stats(broker, ["push"]) if s.dead == 1], what="the dead letter"
+        )
         assert (push.ready, push.dead, push.type) == (0, 1, "quorum")
     finally:
         broker.close()
