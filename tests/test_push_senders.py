@@ -266,6 +266,14 @@ def test_a_non_public_endpoint_is_refused_at_send_time(push_service, key_file, e
     assert push_service.connections == 0
 
 
+def test_an_endpoint_a_request_cannot_carry_fails_the_delivery_before_any_connection(key_file):
+    sender = WebPushSender(key_file=key_file, subject=SUBJECT, allowlist={"bücher.example"})
+    device = Device("dev-1", "webpush", "http://bücher.example/push/x", RFC_RECEIVER_PUBLIC, RFC_AUTH)
+
+    with pytest.raises(PermanentDeliveryError, match="refused: the URL holds what a request cannot"):
+        sender.send(device, MESSAGE)
+
+
 def test_a_connection_goes_only_to_an_address_judged_public(push_service):
     # The address connected to is the one judged: a name resolving anew to a private address (DNS
     # rebinding) between a check and the connection has nothing to gain.

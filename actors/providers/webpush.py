@@ -162,8 +162,10 @@ class WebPushSender:
         except endpoints.UnsafeEndpoint as exc:
             raise PermanentDeliveryError(f"{origin}: refused: {exc}") from None
         target = _target(device.address)
-        if target is None:
-            raise PermanentDeliveryError(f"{origin}: refused: the URL holds spaces or control characters")
+        if target is None or not _writable(origin):
+            raise PermanentDeliveryError(
+                f"{origin}: refused: the URL holds what a request cannot (non-ASCII, spaces, controls)"
+            )
         if not device.p256dh or not device.auth:
             raise PermanentDeliveryError(f"{origin}: the subscription has no p256dh and auth keys")
         body = payload_bytes(message)
@@ -251,7 +253,12 @@ def _target(url: str) -> str | None:
     """The request target (path and query) of ``url``; None when it holds what a request line cannot."""
     parts = urlsplit(url)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return target if target.isascii() and target.isprintable() and " " not in target else None
+    return target if _writable(target) else None
+
+
+def _writable(text: str) -> bool:
+    """Whether ``text`` may stand as it is in a request line or a Host header."""
+    return text.isascii() and text.isprintable() and " " not in text
 
 
 # --- The VAPID key ---------------------------------------------------------------------------------
