@@ -95,7 +95,7 @@ def device_of(target: Target) -> Device:
     stored = target.device
     assert stored is not None
     return Device(
-        id=str(stored.id),
+        id=stored.id,
         kind=stored.kind,
         address=stored.address,
         p256dh=stored.p256dh,

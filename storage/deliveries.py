@@ -25,7 +25,6 @@ from storage.models import (
     FAILED_DELIVERY,
     PENDING_DELIVERY,
     Delivery,
-    Device,
     NotificationEvent,
 )
 
@@ -42,7 +41,7 @@ class Target(NamedTuple):
 
     notification_id: str
     kind: str
-    device: Device | None = None
+    device: devices.Reachable | None = None
 
     @property
     def target_id(self) -> str:
@@ -50,7 +49,7 @@ class Target(NamedTuple):
 
     @property
     def device_id(self) -> str | None:
-        return str(self.device.id) if self.device else None
+        return self.device.id if self.device else None
 
 
 class Result(NamedTuple):
@@ -119,7 +118,7 @@ def plan(
     active = devices.active_of(
         c.recipient_id for c in claims if c.notification_id in anew and c.has_devices is not False
     )
-    pending_devices = devices.by_id(
+    pending_devices = devices.reachable_by_id(
         row.device_id
         for c in claims
         if c.notification_id not in anew
@@ -185,11 +184,11 @@ def forget_untried(notification_ids: Iterable[str]) -> None:
 
 
 def _anew(
-    nid: str, rows: list[Delivery], active: list[Device], fallback: str
+    nid: str, rows: list[Delivery], active: list[devices.Reachable], fallback: str
 ) -> tuple[list[Target], list[Result]]:
     """A first attempt: every active device that has not accepted it, else the fallback."""
     accepted = {str(r.device_id) for r in rows if r.status == DELIVERED_DELIVERY}
-    targets = [Target(nid, d.kind, d) for d in active if str(d.id) not in accepted]
+    targets = [Target(nid, d.kind, d) for d in active if d.id not in accepted]
     if not targets and not accepted:
         targets = [Target(nid, fallback)]
     if not rows:
@@ -206,7 +205,7 @@ def _anew(
 
 
 def _again(
-    nid: str, rows: list[Delivery], devices_by_id: dict[str, Device], recipient: str
+    nid: str, rows: list[Delivery], devices_by_id: dict[str, devices.Reachable], recipient: str
 ) -> tuple[list[Target], list[Result]]:
     """A retry: the deliveries still pending, unless their device went meanwhile."""
     targets: list[Target] = []
@@ -226,7 +225,7 @@ def _again(
     return targets, skipped
 
 
-def _unreachable(device: Device | None, recipient: str) -> str | None:
+def _unreachable(device: devices.Reachable | None, recipient: str) -> str | None:
     """Why a pending delivery's device may no longer be sent to, if so."""
     if device is None:
         return "not sent: the device was removed"

@@ -6,7 +6,7 @@ import datetime as dt
 import hashlib
 import uuid
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import peewee
 
@@ -18,6 +18,32 @@ from storage.models import Device
 
 class DeviceNotFound(LookupError):
     """The recipient has no device with that id."""
+
+
+class Reachable(NamedTuple):
+    """A device as a delivery reads it: what its sender needs, whose it is, and whether it is active.
+
+    A tuple, not a model instance: every push notification reads one per device, and peewee's
+    instances cost as much as the statement that read them.
+    """
+
+    id: str
+    recipient_id: str
+    kind: str
+    address: str
+    p256dh: str | None
+    auth: str | None
+    environment: str | None
+    last_seen_at: dt.datetime
+    active: bool
+    disabled_reason: str | None
+
+
+_REACHABLE = [getattr(Device, name) for name in Reachable._fields]
+
+
+def _reachable(rows: Iterable[Any]) -> list[Reachable]:
+    return [Reachable(str(row[0]), *row[1:]) for row in rows]
 
 
 def digest(address: str) -> str:
@@ -119,23 +145,24 @@ def disable(device_id: Any, reason: str, *, seen: dt.datetime | None = None) -> 
     return bool(rows)
 
 
-def active_of(recipient_ids: Iterable[str]) -> dict[str, list[Device]]:
-    """The active devices of each of these recipients (those with none are left out)."""
-    found: dict[str, list[Device]] = {}
+def active_of(recipient_ids: Iterable[str]) -> dict[str, list[Reachable]]:
+    """The active devices of each of these recipients, oldest first (those with none are left out)."""
+    found: dict[str, list[Reachable]] = {}
     wanted = list(set(recipient_ids))
     if not wanted:
         return found
     if is_postgres():
         # Asked for every message a worker handles: one array parameter, in a statement written once
         # (peewee builds a parameter per value of an IN list, and the statement anew each time).
-        query: Iterable[Device] = Device.raw(PG_ACTIVE_OF, wanted)
+        rows = _reachable(db.execute_sql(PG_ACTIVE_OF, (wanted,)).fetchall())
     else:
-        query = (
-            Device.select()
+        rows = _reachable(
+            Device.select(*_REACHABLE)
             .where(Device.recipient_id.in_(wanted) & Device.active)
             .order_by(Device.created_at, Device.id)
+            .tuples()
         )
-    for device in query:
+    for device in rows:
         found.setdefault(device.recipient_id, []).append(device)
     return found
 
@@ -145,19 +172,20 @@ def active_of(recipient_ids: Iterable[str]) -> dict[str, list[Device]]:
 # lookup into a join), which the recipient index serves whatever the statistics say: given
 # ``recipient_id = ANY(...)`` or a join, a planner without statistics yet (a table just filled)
 # reads the whole table for every message instead.
-PG_ACTIVE_OF = """
-SELECT d.* FROM unnest(%s::text[]) AS r(id)
+PG_ACTIVE_OF = f"""
+SELECT {", ".join(f"d.{name}" for name in Reachable._fields)} FROM unnest(%s::text[]) AS r(id)
 CROSS JOIN LATERAL (SELECT * FROM device WHERE recipient_id = r.id AND active OFFSET 0) AS d
 ORDER BY d.created_at, d.id
 """
 
 
-def by_id(device_ids: Iterable[Any]) -> dict[str, Device]:
-    """The devices with these ids that still exist, by id as text."""
+def reachable_by_id(device_ids: Iterable[Any]) -> dict[str, Reachable]:
+    """The devices with these ids that still exist, active or not, by id as text."""
     wanted = [str(d) for d in set(device_ids)]
     if not wanted:
         return {}
-    return {str(d.id): d for d in Device.select().where(Device.id.in_(wanted))}
+    rows = Device.select(*_REACHABLE).where(Device.id.in_(wanted)).tuples()
+    return {device.id: device for device in _reachable(rows)}
 
 
 def succeeded(device_ids: Iterable[Any], at: dt.datetime) -> None:

@@ -56,7 +56,7 @@ def test_a_first_attempt_goes_to_every_active_device_of_the_recipient(db):
     devices.disable(gone.id, "UNREGISTERED")
     phone("bob", "d")
     plan = plan_one(n)
-    assert [t.device.id for t in plan.targets] == [first.id, second.id]
+    assert [t.device.id for t in plan.targets] == [str(first.id), str(second.id)]
     assert set(rows(n)) == {str(first.id), str(second.id)}
     assert all(r.status == PENDING_DELIVERY for r in rows(n).values())
 
@@ -82,14 +82,14 @@ def test_outcomes_are_recorded_and_a_retry_goes_only_where_it_was_not_accepted(d
         "503 Service Unavailable",
     )
     assert stored[str(refusing.id)].status == FAILED_DELIVERY
-    assert devices.by_id([accepting.id])[str(accepting.id)].last_success_at is not None
-    assert devices.by_id([failing.id])[str(failing.id)].last_success_at is None
+    assert models.Device.get_by_id(accepting.id).last_success_at is not None
+    assert models.Device.get_by_id(failing.id).last_success_at is None
     kinds = [e.kind for e in queries.history(n.id)]
     assert kinds == ["created", "device_delivered", "device_retry", "device_failed"]
     assert str(accepting.id) in queries.history(n.id)[1].detail
 
     retry = plan_one(n, attempt=2)
-    assert [t.device.id for t in retry.targets] == [failing.id]
+    assert [t.device.id for t in retry.targets] == [str(failing.id)]
     assert retry.delivered == 1
     assert [(r.device_id, r.error) for r in retry.failed] == [(str(refusing.id), "400 INVALID_ARGUMENT")]
     deliveries.record([outcome(retry.targets[0], "delivered", provider_message_id="2")], host="w1")
@@ -106,7 +106,7 @@ def test_a_retry_skips_a_device_disabled_removed_or_moved_meanwhile(db):
     devices.register("bob", kind="fcm", address="c")
 
     retry = plan_one(n, attempt=2)
-    assert [t.device.id for t in retry.targets] == [kept.id]
+    assert [t.device.id for t in retry.targets] == [str(kept.id)]
     stored = rows(n)
     assert "disabled (410 Gone)" in stored[str(disabled.id)].error
     assert "removed" in stored[str(removed.id)].error
@@ -125,7 +125,7 @@ def test_a_forced_attempt_tries_the_failed_again_but_never_the_accepted(db):
     newcomer = phone("ann", "c")
 
     forced = plan_one(n, forced_after=1)
-    assert [t.device.id for t in forced.targets] == [refused.id, newcomer.id]
+    assert [t.device.id for t in forced.targets] == [str(refused.id), str(newcomer.id)]
     assert forced.delivered == 1 and forced.failed == []
     stored = rows(n)
     assert (stored[str(refused.id)].status, stored[str(refused.id)].error) == (PENDING_DELIVERY, None)
@@ -139,7 +139,7 @@ def test_a_forced_attempt_once_devices_came_leaves_the_fallback(db):
     deliveries.record([outcome(fallback, "pending", error="HTTP 503")], host="w1")  # to be retried
     device = phone("ann")
     forced = plan_one(n, forced_after=1)
-    assert [t.device.id for t in forced.targets] == [device.id]
+    assert [t.device.id for t in forced.targets] == [str(device.id)]
     stored = rows(n)
     assert (str(stored[None].target_id), stored[None].status) == (fallback.target_id, FAILED_DELIVERY)
     assert "devices changed" in stored[None].error
@@ -153,7 +153,7 @@ def test_a_claim_given_back_untried_forgets_the_deliveries_it_started(db):
     assert deliveries.of_notification(n.id) == []
     devices.disable(second.id, "410 Gone")
     again = plan_one(n)  # the first attempt again, as the give-back left it
-    assert [t.device.id for t in again.targets] == [first.id]
+    assert [t.device.id for t in again.targets] == [str(first.id)]
     assert list(rows(n)) == [str(first.id)]
 
 

@@ -17,6 +17,7 @@ import storage
 from actors.providers.webpush import vapid_public_key
 from api import create_app
 from storage import devices
+from storage.models import Device
 
 APNS_TOKEN = "a1" * 32
 FCM_TOKEN = "fcm-token:APA91b" + "x" * 140
@@ -342,13 +343,17 @@ def test_storage_registers_lists_and_deletes_the_same_on_both_databases(db):
     long, created = devices.register("bob", kind="fcm", address=long_token)
     assert created and devices.register("bob", kind="fcm", address=long_token)[0].id == long.id
     assert [d.id for d in devices.of_recipient("bob")] == [first.id, long.id]
-    assert devices.active_of(["ann", "bob"]) == {"bob": devices.of_recipient("bob")}
+    active = devices.active_of(["ann", "bob"])
+    assert {r: [d.id for d in found] for r, found in active.items()} == {"bob": [str(first.id), str(long.id)]}
+    oldest = active["bob"][0]
+    assert oldest == devices.reachable_by_id([first.id])[str(first.id)]
+    assert (oldest.kind, oldest.address, oldest.active) == ("fcm", FCM_TOKEN, True)
     devices.succeeded([first.id], dt.datetime(2030, 1, 1))
-    assert devices.by_id([first.id])[str(first.id)].last_success_at == dt.datetime(2030, 1, 1)
+    assert Device.get_by_id(first.id).last_success_at == dt.datetime(2030, 1, 1)
     with pytest.raises(devices.DeviceNotFound):
         devices.delete("ann", first.id)
     devices.delete("bob", first.id)
-    assert devices.by_id([first.id]) == {}
+    assert devices.reachable_by_id([first.id]) == {}
 
 
 def test_the_dashboard_shows_a_recipients_devices_and_why_one_is_disabled(sqlite_client):
