@@ -118,7 +118,7 @@ def plan(
     active = devices.active_of(
         c.recipient_id for c in claims if c.notification_id in anew and c.has_devices is not False
     )
-    pending_devices = devices.reachable_by_id(
+    pending_devices = devices.by_id(
         row.device_id
         for c in claims
         if c.notification_id not in anew

@@ -179,7 +179,7 @@ ORDER BY d.created_at, d.id
 """
 
 
-def reachable_by_id(device_ids: Iterable[Any]) -> dict[str, Reachable]:
+def by_id(device_ids: Iterable[Any]) -> dict[str, Reachable]:
     """The devices with these ids that still exist, active or not, by id as text."""
     wanted = [str(d) for d in set(device_ids)]
     if not wanted:

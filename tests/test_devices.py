@@ -346,14 +346,14 @@ def test_storage_registers_lists_and_deletes_the_same_on_both_databases(db):
     active = devices.active_of(["ann", "bob"])
     assert {r: [d.id for d in found] for r, found in active.items()} == {"bob": [str(first.id), str(long.id)]}
     oldest = active["bob"][0]
-    assert oldest == devices.reachable_by_id([first.id])[str(first.id)]
+    assert oldest == devices.by_id([first.id])[str(first.id)]
     assert (oldest.kind, oldest.address, oldest.active) == ("fcm", FCM_TOKEN, True)
     devices.succeeded([first.id], dt.datetime(2030, 1, 1))
     assert Device.get_by_id(first.id).last_success_at == dt.datetime(2030, 1, 1)
     with pytest.raises(devices.DeviceNotFound):
         devices.delete("ann", first.id)
     devices.delete("bob", first.id)
-    assert devices.reachable_by_id([first.id]) == {}
+    assert devices.by_id([first.id]) == {}
 
 
 def test_the_dashboard_shows_a_recipients_devices_and_why_one_is_disabled(sqlite_client):
